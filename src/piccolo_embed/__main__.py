@@ -1,0 +1,3 @@
+from piccolo_embed.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,40 @@
+"""Arguments and helpers shared by several subcommands."""
+
+from __future__ import annotations
+
+import argparse
+
+from piccolo_embed.inference.embedder import Embedder
+from piccolo_embed.types import Device, Precision, RolePreset
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, *, default: str | None = None) -> None:
+    """Add ``--model``, ``--roles``, ``--device``, ``--precision``, ``--batch-size`` and ``--max-batch-tokens``."""
+    parser.add_argument(
+        "--model",
+        required=default is None,
+        default=default,
+        help="local model directory, Hugging Face hub id, or 'starter' (bundled multilingual-e5-small)",
+    )
+    parser.add_argument(
+        "--roles",
+        choices=[p.value for p in RolePreset],
+        default=None,
+        help="override the model's role settings with a preset (default: the model's own)",
+    )
+    parser.add_argument("--device", choices=[d.value for d in Device], default=Device.AUTO.value)
+    parser.add_argument("--precision", choices=[p.value for p in Precision], default=Precision.AUTO.value)
+    parser.add_argument("--batch-size", type=int, default=64, help="most texts per forward pass")
+    parser.add_argument("--max-batch-tokens", type=int, default=16384, help="most padded tokens per forward pass")
+
+
+def load_embedder(args: argparse.Namespace) -> Embedder:
+    """Build the :class:`Embedder` described by :func:`add_model_arguments`' options."""
+    return Embedder.from_pretrained(
+        args.model,
+        roles=args.roles,
+        device=args.device,
+        precision=args.precision,
+        batch_size=args.batch_size,
+        max_batch_tokens=args.max_batch_tokens,
+    )

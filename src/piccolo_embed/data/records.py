@@ -1,0 +1,166 @@
+"""Training and mining records in FlagEmbedding's JSONL format, validated on load.
+
+Every bad line either fails with ``file:line: field: reason`` or, when the caller asks for it explicitly,
+is skipped and counted; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from piccolo_embed.types import HelpfulEnum
+
+
+class RecordKind(HelpfulEnum):
+    """Shapes of training records."""
+
+    TRIPLET = "triplet"  # {"query": str, "pos": [str, ...], "neg": [str, ...]}
+    SCORED = "scored"  # {"sentence1": str, "sentence2": str, "score": float}
+
+
+class OnError(HelpfulEnum):
+    """What to do with a malformed line."""
+
+    RAISE = "raise"
+    SKIP = "skip"
+
+
+class RecordError(ValueError):
+    """A malformed record; the message names the file, the line and the field."""
+
+    def __init__(self, path: str | Path, line: int, field_name: str, reason: str) -> None:
+        self.path, self.line, self.field, self.reason = str(path), line, field_name, reason
+        super().__init__(f"{path}:{line}: field {field_name!r}: {reason}")
+
+
+@dataclass(frozen=True)
+class TripletRecord:
+    """A query with positives and (possibly no) hard negatives."""
+
+    query: str
+    pos: tuple[str, ...]
+    neg: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, object]:
+        """FlagEmbedding-format dict."""
+        return {"query": self.query, "pos": list(self.pos), "neg": list(self.neg)}
+
+
+@dataclass(frozen=True)
+class ScoredPair:
+    """Two sentences and a similarity score (CoSENT data)."""
+
+    sentence1: str
+    sentence2: str
+    score: float
+
+    def to_json(self) -> dict[str, object]:
+        """JSON-ready dict."""
+        return {"sentence1": self.sentence1, "sentence2": self.sentence2, "score": self.score}
+
+
+Record = TripletRecord | ScoredPair
+
+
+@dataclass
+class ReadStats:
+    """Counts kept while reading a file, for the log."""
+
+    read: int = 0
+    skipped: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def _text(obj: dict, name: str, path: Path, line: int) -> str:
+    value = obj.get(name)
+    if not isinstance(value, str):
+        raise RecordError(path, line, name, f"expected a string, got {type(value).__name__}")
+    if not value.strip():
+        raise RecordError(path, line, name, "empty text")
+    return value
+
+
+def _texts(obj: dict, name: str, path: Path, line: int, *, allow_empty: bool) -> tuple[str, ...]:
+    value = obj.get(name, [] if allow_empty else None)
+    if not isinstance(value, list):
+        raise RecordError(path, line, name, f"expected a list of strings, got {type(value).__name__}")
+    if not value and not allow_empty:
+        raise RecordError(path, line, name, "must not be empty")
+    for index, item in enumerate(value):
+        if not isinstance(item, str) or not item.strip():
+            raise RecordError(path, line, f"{name}[{index}]", "expected a non-empty string")
+    return tuple(value)
+
+
+def parse_record(obj: object, kind: RecordKind, path: Path, line: int) -> Record:
+    """Validate one decoded JSON value as ``kind``."""
+    if not isinstance(obj, dict):
+        raise RecordError(path, line, "<record>", f"expected a JSON object, got {type(obj).__name__}")
+    if kind is RecordKind.TRIPLET:
+        return TripletRecord(
+            query=_text(obj, "query", path, line),
+            pos=_texts(obj, "pos", path, line, allow_empty=False),
+            neg=_texts(obj, "neg", path, line, allow_empty=True),
+        )
+    score = obj.get("score")
+    if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
+        raise RecordError(path, line, "score", f"expected a finite number, got {score!r}")
+    return ScoredPair(_text(obj, "sentence1", path, line), _text(obj, "sentence2", path, line), float(score))
+
+
+def read_records(
+    path: str | Path,
+    kind: RecordKind | str,
+    *,
+    on_error: OnError | str = OnError.RAISE,
+    stats: ReadStats | None = None,
+) -> Iterator[Record]:
+    """Stream validated records from a JSONL file (blank lines are allowed and ignored).
+
+    Raises:
+        RecordError: On the first bad line when ``on_error`` is ``raise``.
+    """
+    path, kind, on_error = Path(path), RecordKind.parse(kind), OnError.parse(on_error)
+    stats = stats if stats is not None else ReadStats()
+    with path.open(encoding="utf-8") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                try:
+                    obj = json.loads(raw)
+                except json.JSONDecodeError as err:
+                    raise RecordError(path, line_no, "<json>", f"invalid JSON ({err.msg})") from err
+                record = parse_record(obj, kind, path, line_no)
+            except RecordError as err:
+                if on_error is OnError.RAISE:
+                    raise
+                stats.skipped += 1
+                stats.errors.append(str(err))
+                continue
+            stats.read += 1
+            yield record
+
+
+def write_records(path: str | Path, records: Iterable[Record]) -> int:
+    """Write records as JSONL atomically (temporary file, then rename); return how many were written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    count = 0
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            for record in records:
+                handle.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
+                count += 1
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return count

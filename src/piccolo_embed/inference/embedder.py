@@ -1,0 +1,202 @@
+"""The user-facing encoder: role-aware, length-sorted, token-budgeted batch inference."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Self
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from piccolo_embed.inference.batching import plan_batches
+from piccolo_embed.inference.validation import validate_texts
+from piccolo_embed.modeling.loading import load_sentence_transformer, resolve_model_dir, resolve_roles
+from piccolo_embed.modeling.roles_io import save_role_specs
+from piccolo_embed.types import Device, Precision, Role, RolePreset, RoleSpecs
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+log = logging.getLogger(__name__)
+
+PROGRESS_THRESHOLD = 256
+
+
+class Embedder:
+    """Encode texts into L2-normalised vectors with per-role instructions and max lengths.
+
+    Wraps a ``SentenceTransformer`` (so any saved pooling is honoured) but does its own tokenisation and
+    batching: every role has its own prefix and truncation length, texts are tokenised once, sorted by
+    length and grouped under a token budget, so padding never exceeds a batch's own longest text.
+    """
+
+    def __init__(
+        self,
+        model: SentenceTransformer,
+        roles: RoleSpecs,
+        *,
+        precision: Precision | str = Precision.AUTO,
+        batch_size: int = 64,
+        max_batch_tokens: int = 16384,
+        name: str = "",
+    ) -> None:
+        self.model = model.eval()
+        self.roles = dict(roles)
+        self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.name = name
+        self.autocast_dtype = _autocast_dtype(self.device, Precision.parse(precision))
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        spec: str | Path,
+        *,
+        roles: RoleSpecs | RolePreset | str | None = None,
+        device: Device | str = Device.AUTO,
+        precision: Precision | str = Precision.AUTO,
+        batch_size: int = 64,
+        max_batch_tokens: int = 16384,
+    ) -> Self:
+        """Load a local directory (HF or sentence-transformers layout), a hub id, or ``"starter"``.
+
+        Args:
+            spec: Where the model is.
+            roles: Override the model's role settings (a :class:`RolePreset` name or explicit specs).
+            device: ``auto``, ``cpu`` or ``cuda``.
+            precision: Autocast dtype on CUDA (``auto`` picks bf16 where supported); CPU always runs fp32.
+            batch_size: Most texts per forward pass.
+            max_batch_tokens: Most padded tokens per forward pass.
+        """
+        model_dir = resolve_model_dir(spec)
+        model = load_sentence_transformer(model_dir, device=_resolve_device(Device.parse(device)))
+        preset = RolePreset.parse(roles) if isinstance(roles, str) else roles
+        specs = resolve_roles(model_dir, model, preset)
+        return cls(
+            model,
+            specs,
+            precision=precision,
+            batch_size=batch_size,
+            max_batch_tokens=max_batch_tokens,
+            name=str(spec),
+        )
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write sentence-transformers layout (with role prompts) plus ``piccolo_embed.json``."""
+        directory = Path(directory)
+        self.model.prompts = {
+            "query": self.roles[Role.QUERY].prefix,
+            "passage": self.roles[Role.PASSAGE].prefix,
+        }
+        self.model.save_pretrained(str(directory))
+        save_role_specs(directory, self.roles)
+        return directory
+
+    @property
+    def device(self) -> torch.device:
+        """Device the model's weights live on."""
+        return self.model.device
+
+    @property
+    def dim(self) -> int:
+        """Embedding dimension."""
+        return int(self.model.get_embedding_dimension())
+
+    @property
+    def tokenizer(self):
+        """The model's tokenizer."""
+        return self.model.tokenizer
+
+    def tokenize(self, texts: Sequence[str], role: Role | str | None = None) -> list[list[int]]:
+        """Token ids with the role's prefix and truncation at the role's max length (special tokens included)."""
+        spec = self.roles[Role.coerce(role)]
+        texts = validate_texts(texts)
+        if not texts:
+            return []
+        encoded = self.tokenizer(
+            [spec.prefix + text for text in texts],
+            truncation=True,
+            max_length=spec.max_length,
+            add_special_tokens=True,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
+        return encoded["input_ids"]
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        role: Role | str | None = None,
+        *,
+        batch_size: int | None = None,
+        max_batch_tokens: int | None = None,
+        show_progress: bool | None = None,
+    ) -> np.ndarray:
+        """Embed ``texts`` for ``role`` (``None``: no instruction).
+
+        Returns:
+            float32 array of shape ``(len(texts), dim)``, rows in input order, each of unit L2 norm.
+        """
+        ids = self.tokenize(texts, role)
+        out = np.zeros((len(ids), self.dim), dtype=np.float32)
+        batches = plan_batches(
+            [len(row) for row in ids],
+            max_batch_size=batch_size or self.batch_size,
+            max_batch_tokens=max_batch_tokens or self.max_batch_tokens,
+        )
+        show = len(ids) > PROGRESS_THRESHOLD if show_progress is None else show_progress
+        with tqdm(total=len(ids), disable=not show, desc="encode", unit="text") as bar:
+            for batch, vectors in zip(batches, self._forward_batches(ids, batches), strict=True):
+                out[batch] = vectors
+                bar.update(len(batch))
+        return out
+
+    def encode_queries(self, texts: Sequence[str], **kwargs: object) -> np.ndarray:
+        """:meth:`encode` with the query role."""
+        return self.encode(texts, Role.QUERY, **kwargs)
+
+    def encode_passages(self, texts: Sequence[str], **kwargs: object) -> np.ndarray:
+        """:meth:`encode` with the passage role."""
+        return self.encode(texts, Role.PASSAGE, **kwargs)
+
+    def _forward_batches(self, ids: list[list[int]], batches: list[list[int]]) -> Iterator[np.ndarray]:
+        pad_id = self.tokenizer.pad_token_id or 0
+        with torch.inference_mode(), self._autocast():
+            for batch in batches:
+                rows = [ids[i] for i in batch]
+                width = max(len(row) for row in rows)
+                input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+                mask = torch.zeros((len(rows), width), dtype=torch.long)
+                for r, row in enumerate(rows):
+                    input_ids[r, : len(row)] = torch.tensor(row, dtype=torch.long)
+                    mask[r, : len(row)] = 1
+                features = {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device)}
+                embeddings = self.model.forward(features)["sentence_embedding"]
+                yield embeddings.float().cpu().numpy()
+
+    def _autocast(self) -> contextlib.AbstractContextManager[None]:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+
+def _resolve_device(device: Device) -> str:
+    if device is Device.AUTO:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device is Device.CUDA and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was requested but torch sees no CUDA device")
+    return device.value
+
+
+def _autocast_dtype(device: torch.device, precision: Precision) -> torch.dtype | None:
+    if device.type != "cuda":
+        if precision in (Precision.FP16, Precision.BF16):
+            raise ValueError(f"precision {precision.value} needs CUDA; on CPU piccolo-embed runs fp32")
+        return None
+    if precision is Precision.AUTO:
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {Precision.FP32: None, Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}[precision]

@@ -1,0 +1,113 @@
+"""Closed choices and role settings shared by every part of piccolo-embed.
+
+Roles are data, not code paths: the encoder, the collator, the miner, the evaluator and the server all look up a
+:class:`RoleSpec` for a :class:`Role`, and the specs travel with the model (``piccolo_embed.json``).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Self
+
+
+class HelpfulEnum(enum.StrEnum):
+    """A ``StrEnum`` whose parse error lists the valid choices."""
+
+    @classmethod
+    def parse(cls, value: str | Self) -> Self:
+        """Return the member for ``value``, or raise a ``ValueError`` naming the valid choices."""
+        if isinstance(value, cls):
+            return value
+        try:
+            return cls(str(value).strip().lower())
+        except ValueError:
+            choices = ", ".join(m.value for m in cls)
+            raise ValueError(f"unknown {cls.__name__} {value!r}; choose one of: {choices}") from None
+
+
+class Role(HelpfulEnum):
+    """Which side of a search a text is on.
+
+    ``NONE`` is the short-to-short setting (STS, classification, clustering): no instruction.
+    """
+
+    QUERY = "query"
+    PASSAGE = "passage"
+    NONE = "none"
+
+    @classmethod
+    def coerce(cls, value: Role | str | None) -> Role:
+        """Map ``None`` to :attr:`NONE` and parse strings; the one place API arguments become a ``Role``."""
+        return cls.NONE if value is None else cls.parse(value)
+
+
+class Device(HelpfulEnum):
+    """Where inference runs; ``AUTO`` picks CUDA when it is available."""
+
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+class Precision(HelpfulEnum):
+    """Autocast precision on CUDA. CPU always runs fp32 (bf16 matmul was ~130x slower on our CPUs)."""
+
+    AUTO = "auto"
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+
+@dataclass(frozen=True)
+class RoleSpec:
+    """How texts of one role are prepared: an instruction prefix and a token budget.
+
+    Attributes:
+        prefix: Text prepended before tokenisation (e.g. ``"查询："``); empty for no instruction.
+        max_length: Maximum number of tokens, special tokens included; longer inputs are truncated.
+    """
+
+    prefix: str
+    max_length: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prefix, str):
+            raise TypeError(f"RoleSpec.prefix must be a string, got {type(self.prefix).__name__}")
+        if not isinstance(self.max_length, int) or self.max_length < 2:
+            raise ValueError(f"RoleSpec.max_length must be an integer >= 2, got {self.max_length!r}")
+
+    def to_dict(self) -> dict[str, str | int]:
+        """JSON-ready form."""
+        return {"prefix": self.prefix, "max_length": self.max_length}
+
+
+RoleSpecs = dict[Role, RoleSpec]
+
+
+class RolePreset(HelpfulEnum):
+    """Named role settings for well-known model families."""
+
+    PICCOLO = "piccolo"
+    PICCOLO_TRAIN = "piccolo-train"
+    E5 = "e5"
+    PLAIN = "plain"
+
+    def specs(self, max_length: int = 512) -> RoleSpecs:
+        """Role specs of this preset; ``max_length`` is the model's limit (used for passages and ``NONE``)."""
+        query_prefix, passage_prefix, query_len = _PRESETS[self]
+        return {
+            Role.QUERY: RoleSpec(query_prefix, min(query_len or max_length, max_length)),
+            Role.PASSAGE: RoleSpec(passage_prefix, max_length),
+            Role.NONE: RoleSpec("", max_length),
+        }
+
+
+# prefix for queries, prefix for passages, query max length (None: the model's limit).
+# piccolo's usage code writes a full-width colon with no space; its training notes write "查询: ".
+_PRESETS: dict[RolePreset, tuple[str, str, int | None]] = {
+    RolePreset.PICCOLO: ("查询：", "结果：", 64),
+    RolePreset.PICCOLO_TRAIN: ("查询: ", "结果: ", 64),
+    RolePreset.E5: ("query: ", "passage: ", None),
+    RolePreset.PLAIN: ("", "", None),
+}

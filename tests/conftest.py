@@ -1,0 +1,62 @@
+"""Shared fixtures: a tiny random BERT with a WordPiece vocab of CJK characters, built offline in a temp dir."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel, BertTokenizerFast
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+# Characters our tests, prefixes and demo texts need, plus a block of common CJK ideographs.
+EXTRA = list("查询结果：:，。！？、；（）“”《》") + list("abcdefghijklmnopqrstuvwxyz0123456789 .,!?-'")
+CJK = [chr(cp) for cp in range(0x4E00, 0x4E00 + 400)] + list(
+    "今天气很好我们去公园散步明天会下雨吗北京上海的美食推荐如何学习编程机器人工智能深度神经网络模型训练数据"
+    "中国首都是哪里城市旅游景点医院看病感冒发烧吃药手机电脑价格便宜质量外卖送餐速度慢服务态度差"
+)
+
+
+def _vocab() -> list[str]:
+    seen: dict[str, None] = dict.fromkeys(SPECIALS)
+    for ch in EXTRA + CJK:
+        if ch.strip():
+            seen.setdefault(ch.lower(), None)
+            seen.setdefault("##" + ch.lower(), None)
+    return list(seen)
+
+
+def build_tiny_bert(directory: Path, *, seed: int = 0, max_positions: int = 128) -> Path:
+    """Write a 2-layer, hidden-32 random BERT and its tokenizer to ``directory`` (HF layout)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = {token: index for index, token in enumerate(_vocab())}
+    tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=True, tokenize_chinese_chars=True)
+    tokenizer.model_max_length = max_positions
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=max_positions,
+    )
+    model = BertModel(config, add_pooling_layer=False)
+    model.eval()
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def _tiny_bert_master(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert-master"))
+
+
+@pytest.fixture
+def tiny_bert_dir(_tiny_bert_master: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny model directory (tests may write next to it)."""
+    target = tmp_path / "tiny-bert"
+    shutil.copytree(_tiny_bert_master, target)
+    return target

@@ -1,0 +1,55 @@
+import json
+
+import numpy as np
+import pytest
+
+from piccolo_embed import Embedder
+from piccolo_embed.cli import build_parser, main
+
+TEXTS = ["今天天气很好", "北京的美食推荐", "如何学习编程", "我们去公园散步"]
+
+
+def _run(argv):
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl"])
+def test_encode_file_matches_api(tiny_bert_dir, tmp_path, suffix):
+    source = tmp_path / f"in{suffix}"
+    if suffix == ".txt":
+        source.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
+    else:
+        lines = [json.dumps({"text": t}, ensure_ascii=False) for t in TEXTS]
+        source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "out.npy"
+    argv = ["encode", "--model", str(tiny_bert_dir), "--role", "query", "--input", str(source)]
+    assert _run([*argv, "--output", str(out), "--chunk-size", "3", "--device", "cpu"]) == 0
+    expected = Embedder.from_pretrained(tiny_bert_dir, device="cpu").encode(TEXTS, "query")
+    np.testing.assert_allclose(np.load(out), expected, atol=1e-5)
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp.npy")] == []
+
+
+def test_encode_bad_jsonl_line_names_file_and_line(tiny_bert_dir, tmp_path, capsys):
+    source = tmp_path / "bad.jsonl"
+    source.write_text('{"text": "好"}\n{"txt": "坏"}\n', encoding="utf-8")
+    out = tmp_path / "out.npy"
+    code = main(["encode", "--model", str(tiny_bert_dir), "--input", str(source), "--output", str(out)])
+    assert code == 2
+    assert "bad.jsonl:2: field 'text'" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_encode_missing_model_is_one_line_error(tmp_path, capsys):
+    source = tmp_path / "in.txt"
+    source.write_text("好\n", encoding="utf-8")
+    code = main(["encode", "--model", str(tmp_path / "nope"), "--input", str(source), "--output", "x.npy"])
+    assert code == 2
+    assert "model directory not found" in capsys.readouterr().err
+
+
+def test_demo_runs_with_given_model(tiny_bert_dir, capsys):
+    assert main(["demo", "--model", str(tiny_bert_dir), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("查询: ") == 8
+    assert "paraphrase queries ranked their passage first" in out
