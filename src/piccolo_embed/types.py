@@ -50,6 +50,13 @@ class Device(HelpfulEnum):
     CUDA = "cuda"
 
 
+class Backend(HelpfulEnum):
+    """What runs the transformer: PyTorch, or ONNX Runtime on an exported graph."""
+
+    TORCH = "torch"
+    ONNX = "onnx"
+
+
 class Precision(HelpfulEnum):
     """Autocast precision on CUDA. CPU always runs fp32 (bf16 matmul was ~130x slower on our CPUs)."""
 

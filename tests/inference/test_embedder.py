@@ -112,3 +112,17 @@ def test_unknown_role_lists_choices(embedder):
 def test_cpu_rejects_half_precision(tiny_bert_dir):
     with pytest.raises(ValueError, match="needs CUDA"):
         Embedder.from_pretrained(tiny_bert_dir, device="cpu", precision="fp16")
+
+
+def test_batches_pad_only_to_their_own_longest_row(tiny_bert_dir):
+    seen = []
+
+    class RecordingRunner:
+        def __call__(self, input_ids, attention_mask):
+            seen.append((input_ids.shape, attention_mask.sum(axis=1).tolist()))
+            return np.ones((input_ids.shape[0], 32), dtype=np.float32) / np.sqrt(32)
+
+    base = Embedder.from_pretrained(tiny_bert_dir, device="cpu")
+    embedder = Embedder(base.model, base.roles, runner=RecordingRunner(), batch_size=2)
+    embedder.encode(["好" * 30, "好", "好" * 29, "好" * 2], None)
+    assert [(shape, lengths) for shape, lengths in seen] == [((2, 32), [32, 31]), ((2, 4), [4, 3])]

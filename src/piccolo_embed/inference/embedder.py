@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -13,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from piccolo_embed.inference.batching import plan_batches
+from piccolo_embed.inference.runners import BatchRunner, TorchRunner, pad_batch
 from piccolo_embed.inference.validation import validate_texts
 from piccolo_embed.modeling.loading import load_sentence_transformer, resolve_model_dir, resolve_roles
 from piccolo_embed.modeling.roles_io import save_role_specs
@@ -43,13 +43,16 @@ class Embedder:
         batch_size: int = 64,
         max_batch_tokens: int = 16384,
         name: str = "",
+        runner: BatchRunner | None = None,
     ) -> None:
+        if batch_size < 1 or max_batch_tokens < 1:
+            raise ValueError("batch_size and max_batch_tokens must be positive")
         self.model = model.eval()
         self.roles = dict(roles)
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
         self.name = name
-        self.autocast_dtype = _autocast_dtype(self.device, Precision.parse(precision))
+        self.runner: BatchRunner = runner or TorchRunner(self.model, precision)
 
     @classmethod
     def from_pretrained(
@@ -165,23 +168,8 @@ class Embedder:
 
     def _forward_batches(self, ids: list[list[int]], batches: list[list[int]]) -> Iterator[np.ndarray]:
         pad_id = self.tokenizer.pad_token_id or 0
-        with torch.inference_mode(), self._autocast():
-            for batch in batches:
-                rows = [ids[i] for i in batch]
-                width = max(len(row) for row in rows)
-                input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(rows), width), dtype=torch.long)
-                for r, row in enumerate(rows):
-                    input_ids[r, : len(row)] = torch.tensor(row, dtype=torch.long)
-                    mask[r, : len(row)] = 1
-                features = {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device)}
-                embeddings = self.model.forward(features)["sentence_embedding"]
-                yield embeddings.float().cpu().numpy()
-
-    def _autocast(self) -> contextlib.AbstractContextManager[None]:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+        for batch in batches:
+            yield self.runner(*pad_batch([ids[i] for i in batch], pad_id))
 
 
 def _resolve_device(device: Device) -> str:
@@ -190,13 +178,3 @@ def _resolve_device(device: Device) -> str:
     if device is Device.CUDA and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' was requested but torch sees no CUDA device")
     return device.value
-
-
-def _autocast_dtype(device: torch.device, precision: Precision) -> torch.dtype | None:
-    if device.type != "cuda":
-        if precision in (Precision.FP16, Precision.BF16):
-            raise ValueError(f"precision {precision.value} needs CUDA; on CPU piccolo-embed runs fp32")
-        return None
-    if precision is Precision.AUTO:
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {Precision.FP32: None, Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}[precision]
