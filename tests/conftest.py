@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import BertConfig, BertModel, BertTokenizerFast
+from transformers import (
+    BertConfig,
+    BertModel,
+    BertTokenizerFast,
+    XLMRobertaConfig,
+    XLMRobertaModel,
+    XLMRobertaTokenizerFast,
+)
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 # Characters our tests, prefixes and demo texts need, plus a block of common CJK ideographs.
@@ -60,3 +67,35 @@ def tiny_bert_dir(_tiny_bert_master: Path, tmp_path: Path) -> Path:
     target = tmp_path / "tiny-bert"
     shutil.copytree(_tiny_bert_master, target)
     return target
+
+
+def build_tiny_xlmr(directory: Path, *, seed: int = 0) -> Path:
+    """Write a 2-layer random XLM-R (padding-offset positions) with a small Unigram vocab of CJK characters."""
+    directory.mkdir(parents=True, exist_ok=True)
+    chars = [ch for ch in dict.fromkeys(EXTRA + CJK) if ch.strip()]
+    pieces = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    pieces += [(ch, -3.0) for ch in chars] + [("\u2581" + ch, -3.5) for ch in chars] + [("<mask>", 0.0)]
+    tokenizer = XLMRobertaTokenizerFast(vocab=pieces)
+    tokenizer.model_max_length = 128
+    torch.manual_seed(seed)
+    config = XLMRobertaConfig(
+        vocab_size=len(pieces),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=130,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        type_vocab_size=1,
+    )
+    XLMRobertaModel(config, add_pooling_layer=False).eval().save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_xlmr_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random XLM-R in Hugging Face layout (read-only use)."""
+    return build_tiny_xlmr(tmp_path_factory.mktemp("tiny-xlmr"))

@@ -39,6 +39,13 @@ def test_matches_hand_written_forward_and_mean_pool(embedder, tiny_bert_dir, rol
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
 
 
+def test_xlm_roberta_family_loads_and_matches_reference(tiny_xlmr_dir):
+    embedder = Embedder.from_pretrained(tiny_xlmr_dir, roles="e5", device="cpu")
+    expected = _reference(tiny_xlmr_dir, TEXTS, "query: ", 128)
+    np.testing.assert_allclose(embedder.encode(TEXTS, "query"), expected, atol=1e-5)
+    assert embedder.tokenize(["好"], "query")[0][0] == 0  # <s>, fairseq id layout
+
+
 def test_roles_change_the_vectors(embedder):
     query = embedder.encode(["北京"], "query")
     passage = embedder.encode(["北京"], "passage")
