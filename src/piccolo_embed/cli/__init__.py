@@ -18,6 +18,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "piccolo_embed.cli.encode",
     "piccolo_embed.cli.demo",
     "piccolo_embed.cli.starter",
+    "piccolo_embed.cli.index",
+    "piccolo_embed.cli.search",
+    "piccolo_embed.cli.mine",
 )
 
 
@@ -42,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("httpx", "transformers", "sentence_transformers", "huggingface_hub", "urllib3"):
+    for noisy in ("httpx", "transformers", "sentence_transformers", "huggingface_hub", "urllib3", "faiss"):
         logging.getLogger(noisy).setLevel(logging.WARNING if args.verbose else logging.ERROR)
     try:
         return int(args.func(args) or 0)

@@ -159,8 +159,15 @@ def write_records(path: str | Path, records: Iterable[Record]) -> int:
             for record in records:
                 handle.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
                 count += 1
+        Path(tmp).chmod(0o666 & ~_current_umask())  # mkstemp creates 0600; give the file normal permissions
         Path(tmp).replace(path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return count
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,110 @@
+"""``piccolo-embed index``: encode a corpus into an on-disk index, in chunks, resumable and appendable."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from piccolo_embed.cli.common import add_model_arguments, load_embedder
+from piccolo_embed.inference.embedder import Embedder
+from piccolo_embed.types import Role
+
+# Same as piccolo_embed.index.DEFAULT_CHUNK_SIZE (a test checks it); not imported, so that registering the
+# subcommand does not import faiss, which only the `mining` extra installs.
+CHUNK_SIZE = 4096
+
+
+class QuietEncoder:
+    """An :class:`Embedder` seen through the Encoder protocol, without per-call progress bars.
+
+    Index and mining code encode chunk after chunk and log their own progress; a bar per chunk would bury it.
+    """
+
+    def __init__(self, embedder: Embedder, name: str) -> None:
+        self.embedder = embedder
+        self.name = name
+        self.roles = embedder.roles
+
+    def encode(self, texts: Sequence[str], *, role: Role | str | None = None) -> np.ndarray:
+        """:meth:`Embedder.encode` with the progress bar off."""
+        return self.embedder.encode(texts, role, show_progress=False)
+
+
+def model_reference(spec: str) -> str:
+    """How the index records the model: an absolute path for a local directory, else the spec itself."""
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if path.is_dir() else spec
+
+
+def add_kind_argument(parser: argparse.ArgumentParser, *, default: str | None = "s2p", note: str = "") -> None:
+    """``--kind s2p|s2s``: which roles texts are encoded with (shared by index and mine)."""
+    parser.add_argument(
+        "--kind",
+        choices=["s2p", "s2s"],
+        default=default,
+        help="s2p: queries get the query instruction, passages the passage one; s2s: no instruction on either "
+        f"side{note}",
+    )
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``index`` subcommand."""
+    parser = subparsers.add_parser(
+        "index",
+        help="encode a corpus .jsonl ({_id|id, title?, text}) into a searchable index directory",
+        description="Encode passages in chunks into INDEX_DIR. An interrupted run resumes when rerun; "
+        "--append adds passages without re-encoding the old ones.",
+    )
+    add_model_arguments(parser)
+    parser.add_argument("--corpus", required=True, type=Path, help="JSONL: {'_id'|'id'?, 'title'?, 'text'} per line")
+    parser.add_argument("--output", required=True, type=Path, metavar="INDEX_DIR", help="index directory")
+    parser.add_argument(
+        "--chunk-size",
+        type=int,
+        default=CHUNK_SIZE,
+        help="passages encoded and written per step; peak memory grows with it, not with the corpus",
+    )
+    parser.add_argument(
+        "--index-type",
+        choices=["flat", "ivf", "hnsw"],
+        default=None,
+        help="flat: exact inner product (default); ivf/hnsw: approximate faiss index for millions of passages",
+    )
+    add_kind_argument(parser, default=None, note=" (default: s2p for a new index, the index's own when appending)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--append", action="store_true", help="add the corpus to an existing index")
+    mode.add_argument("--overwrite", action="store_true", help="replace an existing index")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build or extend the index and print a one-line summary."""
+    from piccolo_embed.index import BuildMode, build_index
+    from piccolo_embed.mining import TaskKind
+
+    if not args.corpus.is_file():
+        raise FileNotFoundError(f"corpus file not found: {args.corpus}")
+    mode = BuildMode.APPEND if args.append else BuildMode.OVERWRITE if args.overwrite else BuildMode.CREATE
+    started = time.monotonic()
+    encoder = QuietEncoder(load_embedder(args), model_reference(args.model))
+    store = build_index(
+        encoder,
+        args.corpus,
+        args.output,
+        mode=mode,
+        chunk_size=args.chunk_size,
+        index_type=args.index_type,
+        passage_role=TaskKind.parse(args.kind).passage_role if args.kind else None,
+        model_name=encoder.name,
+    )
+    added = store.manifest.sources[-1]["rows"]
+    print(
+        f"indexed {added} passages into {args.output} ({store.count} in total, {store.manifest.index_type.value}, "
+        f"dim {store.dim}, model {store.manifest.model.name}, fingerprint {store.manifest.model.digest}) "
+        f"in {time.monotonic() - started:.1f} s"
+    )
+    return 0
