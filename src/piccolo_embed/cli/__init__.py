@@ -21,6 +21,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "piccolo_embed.cli.index",
     "piccolo_embed.cli.search",
     "piccolo_embed.cli.mine",
+    "piccolo_embed.cli.train",
+    "piccolo_embed.cli.trim_vocab",
 )
 
 

@@ -1,0 +1,41 @@
+"""``piccolo-embed train``: run the two-stage recipe from a YAML config (see ``configs/`` and docs/training.md)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``train`` subcommand."""
+    parser = subparsers.add_parser(
+        "train",
+        help="train an embedder from a YAML config (one GPU, many GPUs via torchrun, or CPU)",
+        description="Train with the piccolo recipe. Multi-GPU: torchrun --nproc_per_node N -m piccolo_embed train ...",
+    )
+    parser.add_argument("--config", required=True, type=Path, help="YAML file with model/data/loss/training")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set training.max_steps=100 (repeatable; VALUE is YAML)",
+    )
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate the whole config first (bad keys fail before any model is loaded), then train.
+
+    Training modules are imported here, not at the top: every ``piccolo-embed`` command builds this parser, and
+    they need the ``train`` extra (datasets, accelerate).
+    """
+    from piccolo_embed.training.config import TrainConfig
+    from piccolo_embed.training.run import train_from_config
+
+    config = TrainConfig.from_yaml(args.config, args.overrides)
+    output = train_from_config(config, resume=args.resume)
+    print(f"trained model written to {output}")
+    return 0

@@ -1,0 +1,242 @@
+"""The training loop: a small explicit loop on ``accelerate``, not a ``Trainer`` subclass.
+
+Why not the HF/sentence-transformers ``Trainer``: its data path fights the recipe at every step. Accelerate's
+dataloader sharding hands *whole* batches of a batch sampler to different ranks (rank ``r`` gets batches ``r,
+r+W, ...``), so one step would mix datasets across ranks unless ``split_batches`` is forced; its resume replays
+the dataloader to skip batches instead of seeking; sentence-transformers' collator tokenises every column with
+one ``max_seq_length`` and picks losses through an added ``dataset_name`` column; and throughput logging needs
+callbacks. Overriding ``get_train_dataloader``, ``compute_loss``, ``_save``, the collator and the logging would
+leave little of it. Accelerate still does the parts worth sharing: DDP (and DeepSpeed through ``accelerate
+launch``), autocast with a grad scaler, and saving/restoring model, optimizer and RNG states; this module owns
+the step loop, the sampler position and the logs (about 200 lines).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from piccolo_embed import distributed
+from piccolo_embed.training.checkpoint import latest_checkpoint, save_checkpoint
+from piccolo_embed.types import Precision
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+    from piccolo_embed.data.collator import TrainBatch
+    from piccolo_embed.data.sampler import OneDatasetBatchSampler
+    from piccolo_embed.losses import HybridLoss
+
+log = logging.getLogger(__name__)
+
+LOG_FILE = "log.jsonl"
+
+
+@dataclass(frozen=True)
+class LoopOptions:
+    """Optimisation and bookkeeping settings of :func:`fit` (see ``TrainingConfig`` for each one's meaning)."""
+
+    output_dir: Path
+    max_steps: int
+    learning_rate: float = 2e-5
+    weight_decay: float = 0.01
+    warmup_steps: int = 0
+    scheduler: str = "linear"
+    max_grad_norm: float = 1.0
+    log_every: int = 10
+    save_every: int = 0
+    save_total_limit: int = 2
+    progress: bool = True
+
+
+@dataclass
+class TrainState:
+    """Where the run is: saved in every checkpoint, so a resumed run seeks the sampler instead of replaying."""
+
+    step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """For ``accelerator.register_for_checkpointing``."""
+        return {"step": self.step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict`."""
+        self.step, self.epoch, self.step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
+
+
+def make_accelerator(
+    precision: Precision, *, deepspeed_config: str | None = None, micro_batch_size: int | None = None
+) -> Accelerator:
+    """One Accelerator per run: autocast only on CUDA, DDP without buffer broadcasts (BERT has none to sync).
+
+    fp16/bf16 requested without CUDA falls back to fp32 with a warning, so one config runs everywhere. With a
+    DeepSpeed JSON, its micro batch size is set from ours: accelerate can only infer it from a dataloader it
+    prepares, and ours stays unprepared (the sampler shards by rank itself).
+    """
+    mixed = _mixed_precision(precision)
+    plugin = None
+    if deepspeed_config:
+        from accelerate.utils import DeepSpeedPlugin
+
+        plugin = DeepSpeedPlugin(hf_ds_config=deepspeed_config)
+        if micro_batch_size:
+            plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = micro_batch_size
+    ddp = DistributedDataParallelKwargs(broadcast_buffers=False, find_unused_parameters=False)
+    # cpu=True without CUDA: only then does accelerate treat a torchrun launch on CPUs as distributed (gloo).
+    return Accelerator(
+        mixed_precision=mixed,
+        cpu=not torch.cuda.is_available(),
+        deepspeed_plugin=plugin,
+        kwargs_handlers=[ddp],
+    )
+
+
+def _mixed_precision(precision: Precision) -> str:
+    if not torch.cuda.is_available():
+        if precision in (Precision.FP16, Precision.BF16):
+            log.warning("precision %s needs CUDA; training in fp32 on this machine", precision.value)
+        return "no"
+    if precision is Precision.AUTO:
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return {Precision.FP32: "no", Precision.FP16: "fp16", Precision.BF16: "bf16"}[precision]
+
+
+def fit(
+    accelerator: Accelerator,
+    model: SentenceTransformer,
+    loss: HybridLoss,
+    loader: Callable[[int, int], torch.utils.data.DataLoader],
+    sampler: OneDatasetBatchSampler,
+    options: LoopOptions,
+    *,
+    resume: bool = False,
+) -> SentenceTransformer:
+    """Train ``model`` for ``options.max_steps`` steps and return it (unwrapped, in train mode).
+
+    Args:
+        accelerator: From :func:`make_accelerator` (it must exist before the sampler learns its rank).
+        model: The encoder; gradient checkpointing, if wanted, is already enabled.
+        loss: Built on ``model``; re-pointed at the wrapped model here.
+        loader: ``loader(epoch, start_step)`` returns the DataLoader of that epoch from that step on.
+        sampler: Its ``steps_per_epoch`` drives epoch roll-over.
+        options: Optimisation and bookkeeping.
+        resume: Continue from the newest checkpoint under ``output_dir/checkpoints``.
+    """
+    optimizer = torch.optim.AdamW(_param_groups(model, options.weight_decay), lr=options.learning_rate)
+    scheduler = get_scheduler(options.scheduler, optimizer, options.warmup_steps, options.max_steps)
+    wrapped, optimizer = accelerator.prepare(model, optimizer)
+    loss.use_model(wrapped)
+    state = TrainState()
+    # The scheduler is registered rather than prepared: a prepared one steps once per process per step.
+    accelerator.register_for_checkpointing(scheduler, state)
+    if resume:
+        checkpoint = latest_checkpoint(options.output_dir)
+        accelerator.load_state(str(checkpoint))
+        log.info("resumed from %s at step %d (epoch %d)", checkpoint, state.step, state.epoch)
+    wrapped.train()
+    meter = _Meter(options, accelerator.device)
+    bar = tqdm(total=options.max_steps, initial=state.step, disable=not (options.progress and distributed.is_main()))
+    while state.step < options.max_steps:
+        for batch in loader(state.epoch, state.step_in_epoch):
+            value = _step(accelerator, wrapped, loss, optimizer, scheduler, batch, options)
+            state.step += 1
+            state.step_in_epoch += 1
+            if state.step_in_epoch == sampler.steps_per_epoch:
+                state.epoch, state.step_in_epoch = state.epoch + 1, 0
+            meter.add(value, batch)
+            if state.step % options.log_every == 0 or state.step == options.max_steps:
+                epoch = state.step / sampler.steps_per_epoch
+                meter.flush(state.step, epoch, scheduler.get_last_lr()[0], batch.dataset, bar)
+            bar.update(1)
+            if options.save_every and state.step % options.save_every == 0 and state.step < options.max_steps:
+                save_checkpoint(accelerator, options.output_dir, state.step, options.save_total_limit)
+            if state.step >= options.max_steps:
+                break
+    bar.close()
+    accelerator.wait_for_everyone()
+    return accelerator.unwrap_model(wrapped)
+
+
+def _step(
+    accelerator: Accelerator,
+    wrapped: torch.nn.Module,
+    loss: HybridLoss,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    batch: TrainBatch,
+    options: LoopOptions,
+) -> torch.Tensor:
+    batch = batch.to(accelerator.device)
+    with accelerator.autocast():
+        value = loss(batch)
+    accelerator.backward(value)
+    if options.max_grad_norm > 0:
+        accelerator.clip_grad_norm_(wrapped.parameters(), options.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return value.detach()
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on biases and normalisation weights (the usual BERT fine-tuning split)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class _Meter:
+    """Window averages for the JSONL log: loss, learning rate, records/s and tokens/s over all ranks."""
+
+    def __init__(self, options: LoopOptions, device: torch.device) -> None:
+        self.path = options.output_dir / LOG_FILE
+        self.device = device
+        self._reset()
+
+    def _reset(self) -> None:
+        self.losses: list[torch.Tensor] = []
+        self.records = 0
+        self.tokens = 0
+        self.started = time.perf_counter()
+
+    def add(self, value: torch.Tensor, batch: TrainBatch) -> None:
+        self.losses.append(value)
+        self.records += batch.num_records
+        self.tokens += batch.num_tokens
+
+    def flush(self, step: int, epoch: float, lr: float, dataset: str, bar: tqdm) -> None:
+        totals = torch.tensor([float(self.records), float(self.tokens)], device=self.device)
+        totals = distributed.all_reduce_mean(totals) * distributed.world_size()
+        loss = distributed.all_reduce_mean(torch.stack(self.losses).float().mean()).item()
+        seconds = max(time.perf_counter() - self.started, 1e-9)
+        entry = {
+            "step": step,
+            "epoch": round(epoch, 4),
+            "dataset": dataset,
+            "loss": round(loss, 6),
+            "lr": lr,
+            "pairs_per_s": round(totals[0].item() / seconds, 2),
+            "tokens_per_s": round(totals[1].item() / seconds, 1),
+        }
+        if distributed.is_main():
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+            log.info("step %d loss %.4f lr %.2e %.1f pairs/s", step, loss, lr, entry["pairs_per_s"])
+        self._reset()

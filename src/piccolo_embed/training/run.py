@@ -1,0 +1,206 @@
+"""Wire a :class:`TrainConfig` into model, data, sampler, collator, loss and loop: the only reader of the config."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from accelerate.utils import set_seed
+
+from piccolo_embed import distributed
+from piccolo_embed.data.collator import RoleAwareCollator
+from piccolo_embed.data.records import OnError
+from piccolo_embed.data.sampler import OneDatasetBatchSampler
+from piccolo_embed.data.sources import (
+    DatasetKind,
+    SourceMixture,
+    SourceSpec,
+    TrainSource,
+    load_sources,
+    resolve_data_file,
+)
+from piccolo_embed.inference.embedder import Embedder
+from piccolo_embed.losses import build_hybrid_loss
+from piccolo_embed.modeling.loading import load_sentence_transformer, resolve_model_dir
+from piccolo_embed.training.checkpoint import checkpoints
+from piccolo_embed.training.loop import LoopOptions, fit, make_accelerator
+from piccolo_embed.types import Role, RoleSpec, RoleSpecs
+
+if TYPE_CHECKING:
+    from piccolo_embed.training.config import DataConfig, ModelConfig, TrainConfig
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "train_config.json"
+TRIMMED_BASE = "trimmed-base"
+
+
+def source_specs(data: DataConfig) -> list[SourceSpec]:
+    """Dataset entries as :class:`SourceSpec` (s2p oversampling folded into the weight)."""
+    return [
+        SourceSpec(
+            name=entry.label,
+            path=resolve_data_file(entry.file),
+            kind=entry.kind,
+            records=entry.records,
+            weight=entry.weight * (data.s2p_oversample if entry.kind is DatasetKind.S2P else 1.0),
+            cap=entry.cap,
+        )
+        for entry in data.datasets
+    ]
+
+
+def role_specs(model: ModelConfig, limit: int) -> RoleSpecs:
+    """Training roles: instructions for ``s2p`` sides, none for ``s2s``; lengths capped at the model's limit."""
+    return {
+        Role.QUERY: RoleSpec(model.query_prefix, min(model.query_max_length, limit)),
+        Role.PASSAGE: RoleSpec(model.passage_prefix, min(model.passage_max_length, limit)),
+        Role.NONE: RoleSpec("", min(model.s2s_max_length, limit)),
+    }
+
+
+def train_from_config(config: TrainConfig, *, resume: bool = False) -> Path:
+    """Run the whole recipe and write the model (sentence-transformers layout + role settings) to ``output_dir``."""
+    output_dir = Path(config.training.output_dir)
+    _check_output_dir(output_dir, resume)
+    accelerator = make_accelerator(
+        config.training.precision,
+        deepspeed_config=config.training.deepspeed,
+        micro_batch_size=config.training.batch_size,
+    )
+    set_seed(config.training.seed)
+    on_error = OnError.SKIP if config.data.skip_bad_records else OnError.RAISE
+    cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else None
+    sources = load_sources(source_specs(config.data), cache_dir=cache_dir, on_error=on_error)
+    model_dir = resolve_model_dir(config.model.name)
+    if config.model.trim_vocab:
+        model_dir = _trimmed_base(model_dir, sources, config.model, output_dir)
+    model = load_sentence_transformer(model_dir, device="cpu")
+    roles = role_specs(config.model, int(model.max_seq_length or 512))
+    _freeze_pooler(model)
+    if config.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable({"use_reentrant": False})
+    mixture = SourceMixture(sources)
+    sampler = _sampler(config, sources)
+    collator = RoleAwareCollator(
+        model.tokenizer, roles, num_negatives=config.data.num_negatives, seed=config.training.seed
+    )
+    loss = build_hybrid_loss(
+        model,
+        objective=config.loss.contrastive,
+        temperature=config.loss.temperature,
+        cosent_temperature=config.loss.cosent_temperature,
+        mini_batch_size=config.loss.mini_batch_size,
+        gather_across_devices=config.loss.gather_across_devices and distributed.world_size() > 1,
+        matryoshka_dims=config.loss.matryoshka_dims,
+    )
+
+    def loader(epoch: int, start_step: int) -> torch.utils.data.DataLoader:
+        sampler.set_epoch(epoch, start_step)
+        # A private generator: a DataLoader otherwise draws its base seed from the global RNG on every new
+        # iterator, which would shift the dropout stream of a resumed run against an uninterrupted one.
+        generator = torch.Generator().manual_seed(config.training.seed)
+        return torch.utils.data.DataLoader(mixture, batch_sampler=sampler, collate_fn=collator, generator=generator)
+
+    options = _loop_options(config, output_dir, sampler.steps_per_epoch)
+    _log_plan(sources, sampler, options.max_steps)
+    trained = fit(accelerator, model, loss, loader, sampler, options, resume=resume)
+    if distributed.is_main():
+        Embedder(trained, roles).save_pretrained(output_dir)
+        (output_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), ensure_ascii=False, indent=2) + "\n")
+        log.info("saved the trained model to %s", output_dir)
+    distributed.barrier()
+    return output_dir
+
+
+def _sampler(config: TrainConfig, sources: list[TrainSource]) -> OneDatasetBatchSampler:
+    return OneDatasetBatchSampler(
+        [len(source) for source in sources],
+        config.training.batch_size,
+        weights=[source.spec.weight for source in sources],
+        caps=[source.spec.cap for source in sources],
+        alpha=config.data.alpha,
+        seed=config.training.seed,
+        rank=distributed.rank(),
+        world_size=distributed.world_size(),
+    )
+
+
+def _freeze_pooler(model: torch.nn.Module) -> None:
+    """Freeze BERT's pooler: mean pooling never reads it, and DDP fails on parameters that get no gradient."""
+    pooler = getattr(getattr(model[0], "auto_model", None), "pooler", None)
+    if isinstance(pooler, torch.nn.Module):
+        pooler.requires_grad_(False)
+
+
+def _loop_options(config: TrainConfig, output_dir: Path, steps_per_epoch: int) -> LoopOptions:
+    training = config.training
+    return LoopOptions(
+        output_dir=output_dir,
+        max_steps=training.max_steps or steps_per_epoch * training.epochs,
+        learning_rate=training.learning_rate,
+        weight_decay=training.weight_decay,
+        warmup_steps=training.warmup_steps,
+        scheduler=training.scheduler.value,
+        max_grad_norm=training.max_grad_norm,
+        log_every=training.log_every,
+        save_every=training.save_every,
+        save_total_limit=training.save_total_limit,
+    )
+
+
+def _check_output_dir(output_dir: Path, resume: bool) -> None:
+    if not resume and checkpoints(output_dir):
+        raise FileExistsError(
+            f"{output_dir} already holds checkpoints: pass --resume to continue, or choose another output_dir"
+        )
+    if distributed.is_main():
+        output_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _log_plan(sources: list[TrainSource], sampler: OneDatasetBatchSampler, max_steps: int) -> None:
+    for source, quota in zip(sources, sampler.quotas, strict=True):
+        log.info(
+            "dataset %s (%s, %s): %d records, %d batches per epoch",
+            source.spec.name,
+            source.spec.kind.value,
+            source.spec.records.value,
+            len(source),
+            quota,
+        )
+    log.info(
+        "%d steps of %d records (%d per rank × %d ranks); %d steps per epoch",
+        max_steps,
+        sampler.global_batch,
+        sampler.batch_size,
+        sampler.world_size,
+        sampler.steps_per_epoch,
+    )
+
+
+def _trimmed_base(model_dir: Path, sources: list[TrainSource], model: ModelConfig, output_dir: Path) -> Path:
+    """Trim the base model's vocabulary to the training texts, as the collator will build them, once per run."""
+    from piccolo_embed.modeling.trim import trim_vocabulary
+
+    target = output_dir / TRIMMED_BASE
+    if distributed.is_main() and not (target / "config.json").is_file():
+        texts = [model.query_prefix, model.passage_prefix]
+        for source in sources:
+            texts.extend(_embedded_texts(source, model))
+        report = trim_vocabulary(model_dir, texts, target)
+        log.info("trimmed the vocabulary to the training texts: %s", report)
+    distributed.barrier()
+    return target
+
+
+def _embedded_texts(source: TrainSource, model: ModelConfig) -> list[str]:
+    s2p = source.spec.kind is DatasetKind.S2P
+    first, second = (model.query_prefix, model.passage_prefix) if s2p else ("", "")
+    table = source.table
+    if "score" in table.column_names:
+        return [first + t for t in table["sentence1"]] + [second + t for t in table["sentence2"]]
+    docs = [second + t for column in ("pos", "neg") for texts in table[column] for t in texts]
+    return [first + t for t in table["query"]] + docs

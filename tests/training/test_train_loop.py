@@ -1,0 +1,88 @@
+"""End to end on the tiny model: output layout, JSONL log, exact resume after a crash, output-dir guards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from piccolo_embed import Embedder
+from piccolo_embed.data.collator import RoleAwareCollator
+from piccolo_embed.training import run as run_module
+from piccolo_embed.training.checkpoint import checkpoints
+from piccolo_embed.training.run import train_from_config
+from piccolo_embed.types import Role
+
+
+def _weights(directory: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(directory / "model.safetensors"))
+
+
+def test_trains_and_writes_a_loadable_model_with_roles_and_a_log(make_config) -> None:
+    config = make_config(max_steps=4, save_every=2)
+    output = train_from_config(config)
+    model = Embedder.from_pretrained(output)
+    assert model.roles[Role.QUERY].prefix == "查询: " and model.roles[Role.QUERY].max_length == 16
+    assert model.roles[Role.PASSAGE].max_length == 24
+    assert model.encode(["今天天气很好"]).shape == (1, 32)
+    lines = [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2, 3, 4]
+    assert {"step", "epoch", "dataset", "loss", "lr", "pairs_per_s", "tokens_per_s"} <= lines[0].keys()
+    assert {line["dataset"] for line in lines} <= {"pairs", "sts"}
+    assert json.loads((output / "train_config.json").read_text())["loss"]["contrastive"] == "gte"
+    assert [p.name for p in checkpoints(output)] == ["step-00000002"]  # the final step is the model itself
+
+
+class SimulatedCrashError(RuntimeError):
+    pass
+
+
+def test_resume_after_a_crash_reaches_the_same_weights(make_config, monkeypatch: pytest.MonkeyPatch) -> None:
+    reference = train_from_config(make_config("uninterrupted", save_every=3, max_steps=11))
+    epochs = [json.loads(x)["epoch"] for x in (reference / "log.jsonl").read_text().splitlines()]
+    assert epochs[5] < 1 < epochs[-1]  # the resumed part crosses an epoch boundary (9 steps per epoch)
+
+    calls = {"n": 0}
+
+    class CrashingCollator(RoleAwareCollator):
+        def __call__(self, batch):
+            calls["n"] += 1
+            if calls["n"] == 8:  # while fetching step 8: the last checkpoint is step 6
+                raise SimulatedCrashError
+            return super().__call__(batch)
+
+    config = make_config("interrupted", save_every=3, max_steps=11)
+    monkeypatch.setattr(run_module, "RoleAwareCollator", CrashingCollator)
+    with pytest.raises(SimulatedCrashError):
+        train_from_config(config)
+    monkeypatch.undo()
+    assert checkpoints(Path(config.training.output_dir))[-1].name == "step-00000006"
+    with pytest.raises(FileExistsError, match="--resume"):
+        train_from_config(config)
+    resumed = train_from_config(config, resume=True)
+
+    want, got = _weights(reference), _weights(resumed)
+    assert want.keys() == got.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=1e-6)
+    log_want = [json.loads(x)["loss"] for x in (reference / "log.jsonl").read_text().splitlines()]
+    log_got = [json.loads(x)["loss"] for x in (resumed / "log.jsonl").read_text().splitlines()]
+    assert np.allclose(log_got[-3:], log_want[-3:], atol=1e-5)
+
+
+def test_resume_without_a_checkpoint_fails(make_config) -> None:
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train_from_config(make_config(max_steps=1), resume=True)
+
+
+def test_gradcache_and_matryoshka_train(make_config, tmp_path: Path) -> None:
+    config = make_config(max_steps=2)
+    raw = config.to_dict()
+    raw["loss"].update(mini_batch_size=2, matryoshka_dims=[32, 16])
+    raw["model"]["gradient_checkpointing"] = True
+    output = train_from_config(type(config).from_mapping(raw))
+    assert (output / "modules.json").is_file()
