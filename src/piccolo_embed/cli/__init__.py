@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "piccolo_embed.cli.mine",
     "piccolo_embed.cli.train",
     "piccolo_embed.cli.trim_vocab",
+    "piccolo_embed.cli.serve",
 )
 
 

@@ -1,0 +1,328 @@
+"""Load test of ``piccolo-embed serve``: N concurrent clients on loopback vs offline ``Embedder.encode``.
+
+    python benchmarks/serve_load.py                      # starter model, 32 clients, 20 s
+    python benchmarks/serve_load.py --model DIR --clients 32 --duration 20 --texts-per-request 1
+
+The server runs in a child process (as in production); the clients are asyncio tasks in this process.
+Batching efficiency = server texts/s / offline encode texts/s, both on the same texts in the same run.
+Offline throughput is sampled several times before and after the load phase, with 1 torch thread and with
+torch's default; the thread count with the best median is the baseline, and the efficiency against that
+count's fastest single run is printed too (the machine may be shared, so single runs are noisy).
+
+Clients speak HTTP/1.1 keep-alive over raw asyncio streams by default (like ``wrk``): on a 2-core machine
+the client shares the CPU with the server, and a heavy client would measure itself. ``--client httpx``
+uses httpx instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+LCQMC = Path("/work/shared/eval/cmteb-mini/LCQMC/test.jsonl")
+SERVER_CODE = (
+    "import sys; from piccolo_embed.cli import build_parser; "
+    "a = build_parser(('piccolo_embed.cli.serve',)).parse_args(sys.argv[1:]); sys.exit(a.func(a))"
+)
+CHARS = (
+    "的一是了我不人在他有这个上们来到时大地为子中你说生国年着就那和要她出也得里后自以会家可下而过天去能对小多然于"
+    "心学么之都好看起发当没成只如事把还用第样道想作种开美总从无情己面最女但现前些所同日手又行意动"
+)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="starter")
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--duration", type=float, default=20.0, help="measured seconds")
+    parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before")
+    parser.add_argument("--texts-per-request", type=int, default=1)
+    parser.add_argument("--role", default="none")
+    parser.add_argument("--pool", type=int, default=2048, help="distinct texts drawn from")
+    parser.add_argument("--data", type=Path, default=LCQMC, help="jsonl with sentence1/sentence2 (read-only)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-batch-tokens", type=int, default=16384)
+    parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--threads", type=int, default=0, help="server torch threads (0: the server's default)")
+    parser.add_argument("--offline-seconds", type=float, default=2.0, help="per offline measurement")
+    parser.add_argument("--offline-repeats", type=int, default=3, help="offline measurements before and after")
+    parser.add_argument("--client", choices=["raw", "httpx"], default="raw")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args()
+
+
+def load_texts(path: Path, n: int, seed: int) -> tuple[list[str], str]:
+    """Sentences from LCQMC when present (read in place, never copied), else generated Chinese."""
+    rng = random.Random(seed)
+    if path.is_file():
+        sentences: list[str] = []
+        with path.open(encoding="utf-8") as handle:
+            for line in handle:
+                row = json.loads(line)
+                sentences += [row["sentence1"], row["sentence2"]]
+        unique = sorted(set(sentences))
+        rng.shuffle(unique)
+        return unique[:n], f"{path.parent.name} {path.name}"
+    texts = ["".join(rng.choices(CHARS, k=rng.randint(6, 40))) for _ in range(n)]
+    return texts, "generated (6-40 random CJK characters)"
+
+
+def offline_rate(embedder: object, texts: list[str], role: str, args: argparse.Namespace, seconds: float) -> float:
+    """Texts/s of plain ``encode`` on ``texts``, repeated for at least ``seconds``."""
+    options = {"batch_size": args.batch_size, "max_batch_tokens": args.max_batch_tokens, "show_progress": False}
+    embedder.encode(texts[:64], role, **options)  # warm-up
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds or done == 0:
+        embedder.encode(texts, role, **options)
+        done += len(texts)
+    return done / (time.perf_counter() - started)
+
+
+def offline_rates(
+    embedder: object, texts: list[str], args: argparse.Namespace, threads: list[int]
+) -> dict[int, list[float]]:
+    """Offline texts/s samples for each torch thread count (several short runs: the machine may be shared)."""
+    import torch
+
+    default = torch.get_num_threads()
+    rates: dict[int, list[float]] = {}
+    for count in threads:
+        torch.set_num_threads(count)
+        rates[count] = [
+            offline_rate(embedder, texts, args.role, args, args.offline_seconds) for _ in range(args.offline_repeats)
+        ]
+    torch.set_num_threads(default)
+    return rates
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
+    argv = ["serve", "--model", args.model, "--port", str(port), "--batch-size", str(args.batch_size)]
+    argv += ["--max-batch-tokens", str(args.max_batch_tokens), "--max-wait-ms", str(args.max_wait_ms)]
+    argv += ["--max-inputs", str(max(256, args.texts_per_request))]
+    argv += ["--threads", str(args.threads)] if args.threads else []
+    # a file, not a pipe: an unread pipe could fill up and stall the server
+    log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - lives as long as the server process
+    server = subprocess.Popen([sys.executable, "-c", SERVER_CODE, *argv], stderr=log, stdout=log)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            log.seek(0)
+            raise RuntimeError(f"server exited: {log.read()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as response:
+                if response.status == 200:
+                    return server
+        except OSError:
+            time.sleep(0.2)
+    server.kill()
+    raise RuntimeError("server did not become healthy within 300 s")
+
+
+class RawClient:
+    """Minimal HTTP/1.1 keep-alive client (Content-Length bodies only, which is all uvicorn sends here)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        self.writer.write(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        status_line = await self.reader.readline()
+        if not status_line:
+            raise ConnectionError("the server closed the connection")
+        status = int(status_line.split()[1])
+        length = 0
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        return status, await self.reader.readexactly(length)
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class HttpxClient:
+    def __init__(self, port: int) -> None:
+        import httpx
+
+        self.client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120)
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        headers = {"content-type": "application/json"}
+        response = await self.client.request(method, path, content=body or None, headers=headers)
+        return response.status_code, response.content
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+@dataclass
+class Tally:
+    latencies: list[float] = field(default_factory=list)
+    texts: int = 0
+    errors: int = 0
+    error_samples: list[str] = field(default_factory=list)
+
+
+async def client_loop(
+    client: RawClient | HttpxClient,
+    texts: list[str],
+    args: argparse.Namespace,
+    window: tuple[float, float],
+    tally: Tally,
+    seed: int,
+) -> None:
+    rng = random.Random(seed)
+    start, end = window
+    checked = False
+    while (sent := time.perf_counter()) < end:
+        batch = rng.sample(texts, args.texts_per_request)
+        body = json.dumps({"input": batch, "role": args.role}, ensure_ascii=False).encode()
+        status, payload = await client.request("POST", "/v1/embeddings", body)
+        done = time.perf_counter()
+        ok = status == 200
+        if ok and not checked:  # decode one response per client: right number of vectors
+            ok = len(json.loads(payload)["data"]) == len(batch)
+            checked = True
+        if not start <= done <= end:
+            continue  # throughput counts completions inside the measured window (as a steady-state rate)
+        tally.latencies.append(done - sent)
+        tally.texts += len(batch) if ok else 0
+        if not ok:
+            tally.errors += 1
+            if len(tally.error_samples) < 3:
+                tally.error_samples.append(f"{status} {payload[:200]!r}")
+
+
+async def scrape(client: RawClient | HttpxClient, at: float) -> dict[str, float]:
+    """Unlabelled samples of ``/metrics`` at time ``at`` (perf_counter)."""
+    await asyncio.sleep(max(0.0, at - time.perf_counter()))
+    _, body = await client.request("GET", "/metrics")
+    return {
+        name: float(value)
+        for name, value in re.findall(r"^(piccolo_embed_\w+) (\S+)$", body.decode(), flags=re.MULTILINE)
+    }
+
+
+async def run_load(port: int, texts: list[str], args: argparse.Namespace) -> tuple[Tally, dict[str, float]]:
+    """Run the clients; return their tally and the server metrics' change over the measured window."""
+    make = RawClient if args.client == "raw" else HttpxClient
+    clients = [make(port) for _ in range(args.clients + 2)]  # two extra for the scrapes (idle ones get closed)
+    start = time.perf_counter() + args.warmup
+    window = (start, start + args.duration)
+    tally = Tally()
+    loops = [client_loop(c, texts, args, window, tally, args.seed + i) for i, c in enumerate(clients[2:])]
+    first, last, *_ = await asyncio.gather(scrape(clients[0], window[0]), scrape(clients[1], window[1]), *loops)
+    for client in clients:
+        await client.close()
+    return tally, {name: last[name] - first.get(name, 0.0) for name in last}
+
+
+def report(args: argparse.Namespace, tally: Tally, delta: dict[str, float], offline: dict[int, list[float]]) -> None:
+    """Print the results (and one JSON line); server-side figures cover the measured window only."""
+    requests = len(tally.latencies)
+    lat = np.array(tally.latencies or [float("nan")]) * 1000
+    server_rate = tally.texts / args.duration
+    medians = {count: float(np.median(rates)) for count, rates in offline.items()}
+    threads = max(medians, key=medians.get)
+    batches = delta.get("piccolo_embed_batch_size_count", 0.0) or float("nan")
+    busy = delta.get("piccolo_embed_forward_seconds_sum", 0.0) or float("nan")
+    waits = delta.get("piccolo_embed_queue_wait_seconds_count", 0.0) or float("nan")
+    r = {
+        "requests_per_s": requests / args.duration,
+        "texts_per_s": server_rate,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "errors": tally.errors,
+        "requests": requests,
+        "offline_texts_per_s": medians[threads],
+        "offline_threads": threads,
+        "mean_batch_texts": delta.get("piccolo_embed_batch_size_sum", 0.0) / batches,
+        "mean_batch_requests": delta.get("piccolo_embed_batch_requests_sum", 0.0) / batches,
+        "mean_queue_wait_ms": 1000 * delta.get("piccolo_embed_queue_wait_seconds_sum", 0.0) / waits,
+        "worker_busy": busy / args.duration,
+        "model_texts_per_busy_s": delta.get("piccolo_embed_texts_total", 0.0) / busy,
+        "batching_efficiency": server_rate / medians[threads],
+        "efficiency_vs_fastest_offline_run": server_rate / max(offline[threads]),
+    }
+    for count, rates in offline.items():
+        runs = ", ".join(f"{rate:.1f}" for rate in rates)
+        print(f"offline encode, {count} torch thread(s): median {medians[count]:.1f} texts/s (runs: {runs})")
+    print(f"server: {r['requests_per_s']:.1f} requests/s, {server_rate:.1f} texts/s")
+    print(f"latency: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms; errors: {tally.errors} of {requests}")
+    print(
+        f"server batches: mean {r['mean_batch_texts']:.1f} texts from {r['mean_batch_requests']:.1f} requests, "
+        f"mean queue wait {r['mean_queue_wait_ms']:.1f} ms; model busy {100 * r['worker_busy']:.0f}% of the time "
+        f"at {r['model_texts_per_busy_s']:.1f} texts per busy second"
+    )
+    print(
+        f"batching efficiency: {server_rate:.1f} / {medians[threads]:.1f} (median offline, {threads} thread(s)) = "
+        f"{r['batching_efficiency']:.3f}; against the fastest offline run: "
+        f"{r['efficiency_vs_fastest_offline_run']:.3f}"
+    )
+    for sample in tally.error_samples:
+        print(f"error sample: {sample}")
+    print("json:", json.dumps({k: round(v, 4) for k, v in r.items()}))
+
+
+def main() -> int:
+    args = parse_args()
+    import torch
+
+    from piccolo_embed import Embedder
+
+    texts, source = load_texts(args.data, args.pool, args.seed)
+    embedder = Embedder.from_pretrained(args.model)
+    print(
+        f"model: {args.model} (dim {embedder.dim}); texts: {len(texts)} from {source}, "
+        f"mean {np.mean([len(t) for t in texts]):.1f} chars; role {args.role}"
+    )
+    print(
+        f"clients: {args.clients} x {args.texts_per_request} text(s)/request ({args.client}), {args.duration:g} s "
+        f"measured after {args.warmup:g} s warm-up; server: batch {args.batch_size}, max wait {args.max_wait_ms} ms, "
+        f"threads {args.threads or 'default'}; torch default threads {torch.get_num_threads()}; cpus {os.cpu_count()}"
+    )
+    server_threads = args.threads or max(1, torch.get_num_threads() - 1)  # the server's own default
+    threads = sorted({1, torch.get_num_threads(), server_threads})
+    before = offline_rates(embedder, texts, args, threads)
+    port = free_port()
+    server = start_server(args, port)
+    try:
+        tally, delta = asyncio.run(run_load(port, texts, args))
+    finally:
+        server.terminate()
+        server.wait(30)
+    after = offline_rates(embedder, texts, args, threads)
+    print(f"load average after the run: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    report(args, tally, delta, {count: before[count] + after[count] for count in threads})
+    return 1 if tally.errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

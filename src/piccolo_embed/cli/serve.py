@@ -1,0 +1,104 @@
+"""``piccolo-embed serve``: an OpenAI-compatible embedding server (FastAPI + uvicorn, one batched model)."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+
+from piccolo_embed.cli.common import add_model_arguments, load_embedder
+from piccolo_embed.serving.settings import ServerSettings
+from piccolo_embed.types import Role
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``serve`` subcommand."""
+    parser = subparsers.add_parser(
+        "serve", help="serve embeddings over HTTP: OpenAI-compatible /v1/embeddings and native /embed"
+    )
+    add_model_arguments(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--served-model-name", default="", help="model name in responses (default: --model)")
+    parser.add_argument(
+        "--default-role",
+        choices=[r.value for r in Role],
+        default=Role.NONE.value,
+        help="role for requests that name none (default: none, i.e. no instruction, like Embedder.encode)",
+    )
+    limits = parser.add_argument_group("limits and batching")
+    limits.add_argument("--max-inputs", type=int, default=256, help="most texts per request")
+    limits.add_argument("--max-chars", type=int, default=8192, help="most characters per text")
+    limits.add_argument("--max-request-bytes", type=int, default=8 * 1024 * 1024, help="largest request body")
+    limits.add_argument("--max-wait-ms", type=float, default=5.0, help="longest a part-full batch waits for more")
+    limits.add_argument("--max-queue-texts", type=int, default=4096, help="texts waiting before requests get 429")
+    limits.add_argument("--request-timeout", type=float, default=60.0, help="seconds before a waiting request gets 503")
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        help="require 'Authorization: Bearer KEY' on every route but /health "
+        "(default: $PICCOLO_EMBED_API_KEY; prefer the variable, arguments show up in ps)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads for the model (default: one fewer than torch's default, at least 1, so HTTP "
+        "keeps a core: with every core in the model, its thread barriers stall whenever the event loop runs)",
+    )
+    parser.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
+    parser.set_defaults(func=run)
+
+
+def settings_from_args(args: argparse.Namespace) -> ServerSettings:
+    """The server settings described by ``args`` (validated by :class:`ServerSettings` itself)."""
+    return ServerSettings(
+        model_name=args.served_model_name or str(args.model),
+        default_role=Role.parse(args.default_role),
+        max_inputs_per_request=args.max_inputs,
+        max_chars_per_text=args.max_chars,
+        max_request_bytes=args.max_request_bytes,
+        max_batch_size=args.batch_size,
+        max_batch_tokens=args.max_batch_tokens,
+        max_wait_ms=args.max_wait_ms,
+        max_queue_texts=args.max_queue_texts,
+        request_timeout_s=args.request_timeout,
+        api_key=args.api_key or ServerSettings.api_key_from_env(),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the model and serve until interrupted."""
+    try:
+        import uvicorn
+
+        from piccolo_embed.serving.app import build_app
+    except ImportError as err:
+        raise OSError(f"the server needs the 'server' extra: pip install 'piccolo-embed[server]' ({err})") from None
+    settings = settings_from_args(args)
+    if settings.api_key is None and not _is_loopback(args.host):
+        log.warning("listening on %s without an API key: anyone who can reach it can use the model", args.host)
+    _set_threads(args.threads)
+    app = build_app(load_embedder(args), settings)
+    uvicorn.run(app, host=args.host, port=args.port, access_log=args.access_log, log_level="info")
+    return 0
+
+
+def _set_threads(requested: int | None) -> None:
+    import torch
+
+    if requested is not None and requested < 1:
+        raise ValueError("--threads must be at least 1")
+    torch.set_num_threads(requested or max(1, torch.get_num_threads() - 1))
+    log.info("model runs on %d torch thread(s)", torch.get_num_threads())
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,294 @@
+"""The FastAPI app factory: ``build_app(model, settings)`` wires routes, errors, metrics and the batcher.
+
+Routes:
+    ``POST /v1/embeddings``: OpenAI-compatible (``input``, ``model``, ``encoding_format``, ``dimensions``,
+    ``user``) plus an optional ``role``. ``GET /v1/models``: the one served model, for OpenAI clients.
+    ``POST /embed``: native (``texts``, ``role``, ``normalize``, ``truncate``, ``dimensions``).
+    ``GET /health`` (never needs the API key), ``GET /info``, ``GET /metrics`` (Prometheus text).
+
+Handlers never touch the model: they validate, submit to the :class:`DynamicBatcher` (whose one worker
+thread owns the model; see its module docstring for why) and await the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+
+from piccolo_embed import __version__
+from piccolo_embed.serving import protocol as wire
+from piccolo_embed.serving.batcher import (
+    BatcherClosedError,
+    BatchModel,
+    DynamicBatcher,
+    Embedded,
+    InputTooLongError,
+    QueueFullError,
+    TokenCounter,
+)
+from piccolo_embed.serving.errors import ApiError, install_error_handlers
+from piccolo_embed.serving.metrics import CONTENT_TYPE, ServerMetrics
+from piccolo_embed.serving.settings import ServerSettings
+
+if TYPE_CHECKING:
+    from piccolo_embed.types import Role, RoleSpec
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+ROUTES = ("/v1/embeddings", "/v1/models", "/embed", "/health", "/info", "/metrics", "/docs", "/openapi.json")
+OPEN_ROUTES = frozenset({"/health"})
+_SURROGATE = re.compile("[\ud800-\udfff]")
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": wire.ErrorResponse} for code in (400, 401, 413, 429, 503)
+}
+
+
+class ServedModel(BatchModel, Protocol):
+    """What the server needs from a model; :class:`~piccolo_embed.Embedder` satisfies it."""
+
+    name: str
+    roles: dict[Role, RoleSpec]
+
+    @property
+    def dim(self) -> int:
+        """Embedding size."""
+        ...
+
+    @property
+    def tokenizer(self) -> Any:
+        """A Hugging Face tokenizer (used only on the batcher's worker thread)."""
+        ...
+
+
+def untruncated_counter(model: ServedModel) -> TokenCounter:
+    """Token counts without truncation, for ``truncate=false``; runs on the worker thread, like the model."""
+
+    def count(texts: Sequence[str], role: Role) -> list[int]:
+        prefix = model.roles[role].prefix
+        encoded = model.tokenizer(
+            [prefix + text for text in texts],
+            add_special_tokens=True,
+            truncation=False,
+            verbose=False,  # no "sequence longer than the model" warning: finding those is the point
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
+        return [len(ids) for ids in encoded["input_ids"]]
+
+    return count
+
+
+def build_app(model: ServedModel, settings: ServerSettings | None = None) -> FastAPI:
+    """Create the app; the batching worker starts with the app's lifespan (or on the first request)."""
+    settings = settings or ServerSettings()
+    metrics = ServerMetrics()
+    batcher = DynamicBatcher(
+        model,
+        max_batch_size=settings.max_batch_size,
+        max_batch_tokens=settings.max_batch_tokens,
+        max_wait_s=settings.max_wait_ms / 1000,
+        max_queue_texts=settings.max_queue_texts,
+        count_tokens=untruncated_counter(model),
+        observer=metrics,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        batcher.start()
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(batcher.close)
+
+    app = FastAPI(title="piccolo-embed", version=__version__, lifespan=lifespan)
+    app.state.metrics = metrics
+    app.state.batcher = batcher
+    app.state.known_paths = frozenset(ROUTES)
+    install_error_handlers(app)
+    app.add_middleware(
+        Gatekeeper,
+        metrics=metrics,
+        api_key=settings.api_key,
+        max_request_bytes=settings.max_request_bytes,
+    )
+    name = settings.model_name or model.name or "piccolo-embed"
+    _add_embedding_routes(app, model, settings, batcher, name)
+    _add_status_routes(app, model, settings, name)
+    return app
+
+
+def _add_embedding_routes(
+    app: FastAPI, model: ServedModel, settings: ServerSettings, batcher: DynamicBatcher, name: str
+) -> None:
+    async def run(texts: list[str], role: Role, dims: int | None, *, truncate: bool, param: str) -> Embedded:
+        _check_request(texts, dims, settings=settings, dim=model.dim, param=param)
+        return await _submit(batcher, texts, role, truncate=truncate, param=param, timeout=settings.request_timeout_s)
+
+    @app.post("/v1/embeddings", response_model=wire.OpenAIEmbeddingResponse, responses=ERROR_RESPONSES)
+    async def openai_embeddings(body: wire.OpenAIEmbeddingRequest) -> Response:
+        """OpenAI-compatible embeddings; ``role`` defaults to the server's default role."""
+        role = body.role or settings.default_role
+        result = await run(body.input, role, body.dimensions, truncate=True, param="input")
+        vectors = resize(result.vectors, body.dimensions, normalize=True)
+        content = wire.openai_response_json(vectors, result.token_counts, name, body.encoding_format)
+        return Response(content, media_type="application/json")
+
+    @app.post("/embed", response_model=wire.EmbedResponse, responses=ERROR_RESPONSES)
+    async def embed(body: wire.EmbedRequest) -> Response:
+        """Native embeddings with ``normalize`` and ``truncate`` control."""
+        role = body.role or settings.default_role
+        result = await run(body.texts, role, body.dimensions, truncate=body.truncate, param="texts")
+        vectors = resize(result.vectors, body.dimensions, normalize=body.normalize)
+        content = wire.embed_response_json(vectors, result.token_counts, name, role)
+        return Response(content, media_type="application/json")
+
+
+def _add_status_routes(app: FastAPI, model: ServedModel, settings: ServerSettings, name: str) -> None:
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        """Liveness: 200 while the batching worker runs, 503 once it has stopped."""
+        ok = app.state.batcher.alive
+        return JSONResponse({"status": "ok" if ok else "unavailable"}, status_code=200 if ok else 503)
+
+    @app.get("/info", response_model=wire.InfoResponse)
+    async def info() -> wire.InfoResponse:
+        """Model, dimension, roles and limits, so clients can size their requests."""
+        roles = {role.value: wire.RoleInfo(**spec.to_dict()) for role, spec in model.roles.items()}
+        return wire.InfoResponse(
+            model=name, dimension=model.dim, default_role=settings.default_role, roles=roles, limits=settings.limits()
+        )
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        """The served model in OpenAI's model-list shape (some clients check it before embedding)."""
+        entry = {"id": name, "object": "model", "created": 0, "owned_by": "piccolo-embed"}
+        return {"object": "list", "data": [entry]}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        """Prometheus text exposition."""
+        return Response(app.state.metrics.render(), media_type=CONTENT_TYPE)
+
+
+def _check_request(texts: list[str], dims: int | None, *, settings: ServerSettings, dim: int, param: str) -> None:
+    """Limits that depend on settings or the model, so they cannot live in the static wire models."""
+    if dims is not None and dims > dim:
+        raise ApiError(
+            400, f"dimensions: {dims} is larger than the model's {dim}", param="dimensions", code="invalid_dimensions"
+        )
+    if len(texts) > settings.max_inputs_per_request:
+        message = f"{param}: {len(texts)} texts, more than the {settings.max_inputs_per_request} allowed per request"
+        raise ApiError(400, message, param=param, code="too_many_inputs")
+    for index, text in enumerate(texts):
+        where = f"{param}[{index}]"
+        if len(text) > settings.max_chars_per_text:
+            message = f"{where}: {len(text)} characters, more than the {settings.max_chars_per_text} allowed"
+            raise ApiError(413, message, param=where, code="text_too_long")
+        if not text.isascii() and _SURROGATE.search(text):  # JSON allows "\ud800"; tokenizers reject it
+            raise ApiError(400, f"{where}: not valid Unicode (lone surrogate)", param=where, code="invalid_text")
+
+
+async def _submit(
+    batcher: DynamicBatcher, texts: list[str], role: Role, *, truncate: bool, param: str, timeout: float
+) -> Embedded:
+    """Await the batcher, turning its exceptions into HTTP errors."""
+    try:
+        return await asyncio.wait_for(batcher.submit(texts, role, truncate=truncate), timeout)
+    except QueueFullError as err:
+        raise ApiError(429, f"server busy: {err}", code="queue_full", headers={"Retry-After": "1"}) from None
+    except InputTooLongError as err:
+        where = f"{param}[{err.index}]"
+        message = (
+            f"{where} has {err.tokens} tokens, more than the {err.limit} allowed for role {role.value}; "
+            "shorten it or send truncate=true"
+        )
+        raise ApiError(413, message, param=where, code="input_too_long") from None
+    except (ValueError, TypeError) as err:
+        raise ApiError(400, f"{param}: {err}", param=param, code="invalid_input") from None
+    except TimeoutError:
+        raise ApiError(503, f"no result within {timeout:g} s; the server is overloaded", code="timeout") from None
+    except BatcherClosedError as err:
+        raise ApiError(503, str(err), code="shutting_down") from None
+    except Exception as err:  # the model failed on this batch; the worker logged it and lives on
+        raise ApiError(500, f"the model failed: {type(err).__name__}", code="model_error") from None
+
+
+def resize(vectors: np.ndarray, dims: int | None, *, normalize: bool) -> np.ndarray:
+    """Keep the first ``dims`` components (Matryoshka-style) and, if asked, rescale rows to unit length.
+
+    Only models trained with a Matryoshka loss keep their quality when cut; others still work, but worse.
+    """
+    if dims is None or dims >= vectors.shape[1]:
+        return vectors
+    cut = vectors[:, :dims]
+    if not normalize:
+        return cut
+    norms = np.linalg.norm(cut, axis=1, keepdims=True)
+    return cut / np.maximum(norms, 1e-12)
+
+
+class Gatekeeper:
+    """Front door of every route: counts and times requests, checks the API key, refuses oversized bodies.
+
+    Written as plain ASGI (not ``BaseHTTPMiddleware``) so it adds no task or body copy per request, and so
+    refusals happen before FastAPI reads or parses anything.
+    """
+
+    def __init__(self, app: ASGIApp, *, metrics: ServerMetrics, api_key: str | None, max_request_bytes: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.api_key = api_key.encode() if api_key else None
+        self.max_request_bytes = max_request_bytes
+        self.known = frozenset(ROUTES)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Handle one ASGI connection event."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route = scope["path"] if scope["path"] in self.known else "other"
+        status = 500
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        started = time.perf_counter()
+        try:
+            refusal = self._refusal(scope)
+            if refusal is None:
+                await self.app(scope, receive, send_and_record)
+            else:
+                self.metrics.errors.inc(labels={"route": route, "code": str(refusal.code)})
+                await refusal.response()(scope, receive, send_and_record)
+        finally:
+            self.metrics.requests.inc(labels={"route": route, "status": str(status)})
+            self.metrics.latency.observe(time.perf_counter() - started, labels={"route": route})
+
+    def _refusal(self, scope: Scope) -> ApiError | None:
+        headers = dict(scope["headers"])
+        if self.api_key is not None and scope["path"] not in OPEN_ROUTES:
+            scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.api_key):
+                message = "missing or wrong API key; send 'Authorization: Bearer <key>'"
+                return ApiError(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+        length = headers.get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_request_bytes:
+            message = f"request body of {int(length)} bytes is larger than the {self.max_request_bytes} allowed"
+            return ApiError(413, message, code="request_too_large")
+        return None

@@ -1,0 +1,81 @@
+"""Server settings: one frozen dataclass, built once by the CLI (or a test) and passed to ``build_app``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+from piccolo_embed.types import Role
+
+API_KEY_ENV = "PICCOLO_EMBED_API_KEY"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Limits, batching knobs and access control of the embedding server.
+
+    Attributes:
+        model_name: Name reported in responses and ``/info``; empty means the embedder's own name.
+        default_role: Role used when a request names none. ``none`` (no instruction) matches
+            ``Embedder.encode``'s default, so a vector from the server equals one from the Python API
+            called the same way, and OpenAI clients, which cannot send a role, embed queries and documents
+            symmetrically.
+        max_inputs_per_request: Most texts in one request.
+        max_chars_per_text: Most characters in one text; checked before tokenising so a huge text
+            cannot stall the event loop.
+        max_request_bytes: Most bytes in a request body (by ``Content-Length``), refused before parsing.
+        max_batch_size: Most texts in one forward pass.
+        max_batch_tokens: Most padded tokens (texts x longest) in one forward pass.
+        max_wait_ms: How long the worker lets a lone request wait for company before running it. Under load
+            the queue refills while the model runs, so batches fill without waiting; this only matters when
+            requests arrive in bursts, as they do from closed-loop clients.
+        max_queue_texts: Most texts waiting for the model; beyond it requests get 429 at once.
+        request_timeout_s: Longest a request waits for its vectors before a 503.
+        api_key: When set, every route but ``/health`` needs ``Authorization: Bearer <api_key>``.
+    """
+
+    model_name: str = ""
+    default_role: Role = Role.NONE
+    max_inputs_per_request: int = 256
+    max_chars_per_text: int = 8192
+    max_request_bytes: int = 8 * 1024 * 1024
+    max_batch_size: int = 64
+    max_batch_tokens: int = 16384
+    max_wait_ms: float = 5.0
+    max_queue_texts: int = 4096
+    request_timeout_s: float = 60.0
+    api_key: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "default_role", Role.coerce(self.default_role))
+        positive = (
+            "max_inputs_per_request",
+            "max_chars_per_text",
+            "max_request_bytes",
+            "max_batch_size",
+            "max_batch_tokens",
+            "max_queue_texts",
+            "request_timeout_s",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms!r}")
+        if self.max_inputs_per_request > self.max_queue_texts:
+            # Otherwise a request at the input limit could never be admitted and would always get 429.
+            raise ValueError("max_inputs_per_request must not exceed max_queue_texts")
+        if self.api_key == "":
+            object.__setattr__(self, "api_key", None)
+
+    @classmethod
+    def api_key_from_env(cls) -> str | None:
+        """The API key from ``$PICCOLO_EMBED_API_KEY`` (keeps it out of ``ps`` output), or ``None``."""
+        return os.environ.get(API_KEY_ENV) or None
+
+    def limits(self) -> dict[str, int | float]:
+        """Public limits for ``/info`` (never the API key)."""
+        public = asdict(self)
+        for private in ("api_key", "model_name", "default_role"):
+            public.pop(private)
+        return public

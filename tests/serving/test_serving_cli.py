@@ -1,0 +1,55 @@
+"""``piccolo-embed serve``: arguments become settings, and the handler hands uvicorn a working app."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("uvicorn")
+import uvicorn
+from fastapi.testclient import TestClient
+
+from piccolo_embed.cli import build_parser
+from piccolo_embed.cli.serve import run, settings_from_args
+from piccolo_embed.types import Role
+
+MODULES = ("piccolo_embed.cli.serve",)
+
+
+def test_arguments_become_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PICCOLO_EMBED_API_KEY", "from-env")
+    argv = ["serve", "--model", "m", "--default-role", "passage", "--max-inputs", "16", "--max-wait-ms", "2"]
+    settings = settings_from_args(build_parser(MODULES).parse_args([*argv, "--batch-size", "8"]))
+    assert settings.default_role is Role.PASSAGE
+    assert (settings.max_inputs_per_request, settings.max_wait_ms, settings.max_batch_size) == (16, 2.0, 8)
+    assert settings.api_key == "from-env"
+    assert settings.model_name == "m"
+    explicit = build_parser(MODULES).parse_args([*argv, "--api-key", "k", "--served-model-name", "piccolo"])
+    assert settings_from_args(explicit).api_key == "k"
+    assert settings_from_args(explicit).model_name == "piccolo"
+
+
+def test_invalid_limits_are_user_errors() -> None:
+    args = build_parser(MODULES).parse_args(["serve", "--model", "m", "--max-queue-texts", "4"])
+    with pytest.raises(ValueError, match="max_inputs_per_request"):
+        settings_from_args(args)
+    args = build_parser(MODULES).parse_args(["serve", "--model", "m", "--threads", "0"])
+    with pytest.raises(ValueError, match="--threads"):
+        run(args)
+
+
+def test_handler_serves_the_model(tiny_bert_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    captured: dict[str, object] = {}
+    monkeypatch.delenv("PICCOLO_EMBED_API_KEY", raising=False)
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: captured.update(app=app, **kwargs))
+    threads = str(torch.get_num_threads())  # explicit, so the test leaves torch's global setting as it was
+    args = build_parser(MODULES).parse_args(
+        ["serve", "--model", str(tiny_bert_dir), "--port", "8123", "--threads", threads]
+    )
+    assert run(args) == 0
+    assert (captured["host"], captured["port"], captured["access_log"]) == ("127.0.0.1", 8123, False)
+    with TestClient(captured["app"]) as client:
+        assert client.get("/info").json()["model"] == str(tiny_bert_dir)
+        assert client.post("/v1/embeddings", json={"input": "你好"}).status_code == 200
