@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "piccolo_embed.cli.train",
     "piccolo_embed.cli.trim_vocab",
     "piccolo_embed.cli.serve",
+    "piccolo_embed.cli.eval",
 )
 
 
