@@ -53,3 +53,20 @@ def test_demo_runs_with_given_model(tiny_bert_dir, capsys):
     out = capsys.readouterr().out
     assert out.count("查询: ") == 8
     assert "paraphrase queries ranked their passage first" in out
+
+
+def test_onnx_backend_via_cli_matches_torch(tiny_bert_dir, tmp_path):
+    pytest.importorskip("onnxruntime")
+    assert main(["export", "--model", str(tiny_bert_dir), "--format", "onnx", "--quantize", "int8"]) == 0
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
+    torch_vectors = Embedder.from_pretrained(tiny_bert_dir, device="cpu").encode(TEXTS, "passage")
+    for extra, tolerance in (([], 1e-4), (["--int8"], None)):
+        out = tmp_path / f"onnx{len(extra)}.npy"
+        argv = ["encode", "--model", str(tiny_bert_dir), "--role", "passage", "--input", str(source)]
+        assert main([*argv, "--output", str(out), "--backend", "onnx", *extra]) == 0
+        vectors = np.load(out)
+        if tolerance is None:
+            assert (vectors * torch_vectors).sum(axis=1).mean() > 0.99
+        else:
+            np.testing.assert_allclose(vectors, torch_vectors, atol=tolerance)

@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "piccolo_embed.cli.trim_vocab",
     "piccolo_embed.cli.serve",
     "piccolo_embed.cli.eval",
+    "piccolo_embed.cli.export",
 )
 
 

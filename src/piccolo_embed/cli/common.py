@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 
 from piccolo_embed.inference.embedder import Embedder
-from piccolo_embed.types import Device, Precision, RolePreset
+from piccolo_embed.types import Backend, Device, Precision, RolePreset
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, *, default: str | None = None) -> None:
-    """Add ``--model``, ``--roles``, ``--device``, ``--precision``, ``--batch-size`` and ``--max-batch-tokens``."""
+    """Add the options that choose and configure a model (``--model``, ``--roles``, ``--backend``, ...)."""
     parser.add_argument(
         "--model",
         required=default is None,
@@ -24,6 +24,13 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, default: str | None 
     )
     parser.add_argument("--device", choices=[d.value for d in Device], default=Device.AUTO.value)
     parser.add_argument("--precision", choices=[p.value for p in Precision], default=Precision.AUTO.value)
+    parser.add_argument(
+        "--backend",
+        choices=[b.value for b in Backend],
+        default=Backend.TORCH.value,
+        help="onnx needs `piccolo-embed export --model SPEC` first (CPU only)",
+    )
+    parser.add_argument("--int8", action="store_true", help="with --backend onnx: use the int8 graph")
     parser.add_argument("--batch-size", type=int, default=64, help="most texts per forward pass")
     parser.add_argument("--max-batch-tokens", type=int, default=16384, help="most padded tokens per forward pass")
 
@@ -37,4 +44,6 @@ def load_embedder(args: argparse.Namespace) -> Embedder:
         precision=args.precision,
         batch_size=args.batch_size,
         max_batch_tokens=args.max_batch_tokens,
+        backend=args.backend,
+        int8=args.int8,
     )

@@ -16,7 +16,7 @@ from piccolo_embed.inference.runners import BatchRunner, TorchRunner, pad_batch
 from piccolo_embed.inference.validation import validate_texts
 from piccolo_embed.modeling.loading import load_sentence_transformer, resolve_model_dir, resolve_roles
 from piccolo_embed.modeling.roles_io import save_role_specs
-from piccolo_embed.types import Device, Precision, Role, RolePreset, RoleSpecs
+from piccolo_embed.types import Backend, Device, Precision, Role, RolePreset, RoleSpecs
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -64,6 +64,8 @@ class Embedder:
         precision: Precision | str = Precision.AUTO,
         batch_size: int = 64,
         max_batch_tokens: int = 16384,
+        backend: Backend | str = Backend.TORCH,
+        int8: bool = False,
     ) -> Self:
         """Load a local directory (HF or sentence-transformers layout), a hub id, or ``"starter"``.
 
@@ -74,7 +76,19 @@ class Embedder:
             precision: Autocast dtype on CUDA (``auto`` picks bf16 where supported); CPU always runs fp32.
             batch_size: Most texts per forward pass.
             max_batch_tokens: Most padded tokens per forward pass.
+            backend: ``torch``, or ``onnx`` (CPU; needs ``piccolo-embed export --model SPEC`` first).
+            int8: With the ONNX backend, run the int8-quantised graph.
         """
+        if Backend.parse(backend) is Backend.ONNX:
+            from piccolo_embed.inference.onnx_runner import load_onnx_embedder
+
+            if Device.parse(device) is Device.CUDA:
+                raise ValueError("the onnx backend runs on CPU only; use --backend torch on CUDA")
+            return load_onnx_embedder(
+                spec, quantized=int8, roles=roles, batch_size=batch_size, max_batch_tokens=max_batch_tokens
+            )
+        if int8:
+            raise ValueError("int8 needs the onnx backend (piccolo-embed export --quantize int8)")
         model_dir = resolve_model_dir(spec)
         model = load_sentence_transformer(model_dir, device=_resolve_device(Device.parse(device)))
         preset = RolePreset.parse(roles) if isinstance(roles, str) else roles
