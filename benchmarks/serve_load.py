@@ -308,7 +308,7 @@ def main() -> int:
         f"measured after {args.warmup:g} s warm-up; server: batch {args.batch_size}, max wait {args.max_wait_ms} ms, "
         f"threads {args.threads or 'default'}; torch default threads {torch.get_num_threads()}; cpus {os.cpu_count()}"
     )
-    server_threads = args.threads or max(1, torch.get_num_threads() - 1)  # the server's own default
+    server_threads = args.threads or torch.get_num_threads()  # the server's own default
     threads = sorted({1, torch.get_num_threads(), server_threads})
     before = offline_rates(embedder, texts, args, threads)
     port = free_port()

@@ -52,7 +52,7 @@ class Embedder:
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
         self.name = name
-        self.runner: BatchRunner = runner or TorchRunner(self.model, precision)
+        self.runner: BatchRunner = runner or _default_runner(self.model, Precision.parse(precision))
 
     @classmethod
     def from_pretrained(
@@ -73,7 +73,9 @@ class Embedder:
             spec: Where the model is.
             roles: Override the model's role settings (a :class:`RolePreset` name or explicit specs).
             device: ``auto``, ``cpu`` or ``cuda``.
-            precision: Autocast dtype on CUDA (``auto`` picks bf16 where supported); CPU always runs fp32.
+            precision: Autocast dtype on CUDA (``auto`` picks bf16 where supported). On CPU ``auto`` and
+                ``fp32`` run fp32; ``bf16`` casts the transformer to bf16, which is fast only on CPUs with
+                AMX (refused elsewhere; see :mod:`piccolo_embed.inference.cpu_bf16`).
             batch_size: Most texts per forward pass.
             max_batch_tokens: Most padded tokens per forward pass.
             backend: ``torch``, or ``onnx`` (CPU; needs ``piccolo-embed export --model SPEC`` first).
@@ -184,6 +186,15 @@ class Embedder:
         pad_id = self.tokenizer.pad_token_id or 0
         for batch in batches:
             yield self.runner(*pad_batch([ids[i] for i in batch], pad_id))
+
+
+def _default_runner(model: SentenceTransformer, precision: Precision) -> BatchRunner:
+    """Plain torch (autocast on CUDA); an explicit ``bf16`` on CPU gets the AMX bf16-weights runner."""
+    if precision is Precision.BF16 and model.device.type == "cpu":
+        from piccolo_embed.inference.cpu_bf16 import CpuBf16Runner
+
+        return CpuBf16Runner(model)
+    return TorchRunner(model, precision)
 
 
 def _resolve_device(device: Device) -> str:

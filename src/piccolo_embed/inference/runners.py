@@ -53,14 +53,15 @@ class TorchRunner:
 def autocast_dtype(device: torch.device, precision: Precision) -> torch.dtype | None:
     """The autocast dtype for ``precision`` on ``device``; ``None`` means plain fp32.
 
-    CPU always runs fp32: bf16 matmul measured about 130x slower than fp32 on our CPUs.
+    Autocast never runs on CPU: it re-casts every weight on every call, and bf16 matmul without AMX is far
+    slower than fp32. bf16 on CPU goes through :class:`~piccolo_embed.inference.cpu_bf16.CpuBf16Runner`.
 
     Raises:
         ValueError: Half precision was requested on a CPU.
     """
     if device.type != "cuda":
         if precision in (Precision.FP16, Precision.BF16):
-            raise ValueError(f"precision {precision.value} needs CUDA; on CPU piccolo-embed runs fp32")
+            raise ValueError(f"precision {precision.value} needs CUDA here; on CPU use fp32, or bf16 on a CPU with AMX")
         return None
     if precision is Precision.AUTO:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

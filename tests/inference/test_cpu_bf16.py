@@ -1,0 +1,36 @@
+"""``precision="bf16"`` on CPU: the AMX bf16-weights runner, close to fp32, and refused where it would be slow."""
+
+import numpy as np
+import pytest
+
+from piccolo_embed import Embedder
+from piccolo_embed.inference import cpu_bf16
+from piccolo_embed.inference.cpu_bf16 import CpuBf16Runner
+from piccolo_embed.inference.runners import TorchRunner
+
+TEXTS = ["今天天气很好", "北京明天会下雨吗？要带雨伞吗", "深度学习模型在中文检索中的应用" * 5, "好"]
+
+
+def test_bf16_on_an_amx_cpu_runs_bf16_weights_close_to_fp32(tiny_bert_dir, monkeypatch):
+    if not cpu_bf16.cpu_has_amx():
+        pytest.skip("this CPU has no AMX")
+    fp32 = Embedder.from_pretrained(tiny_bert_dir, device="cpu", precision="fp32")
+    bf16 = Embedder.from_pretrained(tiny_bert_dir, device="cpu", precision="bf16")
+    assert isinstance(fp32.runner, TorchRunner)
+    assert isinstance(bf16.runner, CpuBf16Runner)
+    a, b = fp32.encode(TEXTS, "passage"), bf16.encode(TEXTS, "passage")
+    assert b.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
+    assert (a * b).sum(axis=1).min() > 0.999  # same rows, same order, within bf16 rounding
+
+
+def test_bf16_is_refused_on_a_cpu_without_amx(tiny_bert_dir, monkeypatch):
+    monkeypatch.setattr(cpu_bf16, "cpu_has_amx", lambda: False)
+    with pytest.raises(ValueError, match="no AMX"):
+        Embedder.from_pretrained(tiny_bert_dir, device="cpu", precision="bf16")
+
+
+def test_auto_precision_on_cpu_stays_fp32(tiny_bert_dir):
+    embedder = Embedder.from_pretrained(tiny_bert_dir, device="cpu")
+    assert isinstance(embedder.runner, TorchRunner)
+    assert embedder.runner.autocast_dtype is None
