@@ -2,6 +2,7 @@
 
     python benchmarks/serve_load.py                      # starter model, 32 clients, 20 s
     python benchmarks/serve_load.py --model DIR --clients 32 --duration 20 --texts-per-request 1
+    python benchmarks/serve_load.py --engine onnx-int8 --texts-per-request 8   # server and baseline on int8 ONNX
 
 The server runs in a child process (as in production); the clients are asyncio tasks in this process.
 Batching efficiency = server texts/s / offline encode texts/s, both on the same texts in the same run.
@@ -38,6 +39,13 @@ SERVER_CODE = (
     "import sys; from piccolo_embed.cli import build_parser; "
     "a = build_parser(('piccolo_embed.cli.serve',)).parse_args(sys.argv[1:]); sys.exit(a.func(a))"
 )
+# engine -> (serve CLI flags, Embedder.from_pretrained keywords): the server and the baseline run the same engine
+ENGINES: dict[str, tuple[list[str], dict[str, object]]] = {
+    "torch": ([], {}),
+    "bf16": (["--precision", "bf16"], {"precision": "bf16"}),
+    "onnx": (["--backend", "onnx"], {"backend": "onnx"}),
+    "onnx-int8": (["--backend", "onnx", "--int8"], {"backend": "onnx", "int8": True}),
+}
 CHARS = (
     "的一是了我不人在他有这个上们来到时大地为子中你说生国年着就那和要她出也得里后自以会家可下而过天去能对小多然于"
     "心学么之都好看起发当没成只如事把还用第样道想作种开美总从无情己面最女但现前些所同日手又行意动"
@@ -58,6 +66,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-batch-tokens", type=int, default=16384)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=0, help="server torch threads (0: the server's default)")
+    parser.add_argument(
+        "--engine",
+        choices=sorted(ENGINES),
+        default="torch",
+        help="model engine of both the server and the offline baseline (onnx needs piccolo-embed export first)",
+    )
     parser.add_argument("--offline-seconds", type=float, default=2.0, help="per offline measurement")
     parser.add_argument("--offline-repeats", type=int, default=3, help="offline measurements before and after")
     parser.add_argument("--client", choices=["raw", "httpx"], default="raw")
@@ -120,6 +134,7 @@ def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
     argv += ["--max-batch-tokens", str(args.max_batch_tokens), "--max-wait-ms", str(args.max_wait_ms)]
     argv += ["--max-inputs", str(max(256, args.texts_per_request))]
     argv += ["--threads", str(args.threads)] if args.threads else []
+    argv += ENGINES[args.engine][0]
     # a file, not a pipe: an unread pipe could fill up and stall the server
     log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - lives as long as the server process
     server = subprocess.Popen([sys.executable, "-c", SERVER_CODE, *argv], stderr=log, stdout=log)
@@ -298,15 +313,16 @@ def main() -> int:
     from piccolo_embed import Embedder
 
     texts, source = load_texts(args.data, args.pool, args.seed)
-    embedder = Embedder.from_pretrained(args.model)
+    embedder = Embedder.from_pretrained(args.model, **ENGINES[args.engine][1])
     print(
         f"model: {args.model} (dim {embedder.dim}); texts: {len(texts)} from {source}, "
         f"mean {np.mean([len(t) for t in texts]):.1f} chars; role {args.role}"
     )
     print(
         f"clients: {args.clients} x {args.texts_per_request} text(s)/request ({args.client}), {args.duration:g} s "
-        f"measured after {args.warmup:g} s warm-up; server: batch {args.batch_size}, max wait {args.max_wait_ms} ms, "
-        f"threads {args.threads or 'default'}; torch default threads {torch.get_num_threads()}; cpus {os.cpu_count()}"
+        f"measured after {args.warmup:g} s warm-up; server: engine {args.engine}, batch {args.batch_size}, "
+        f"max wait {args.max_wait_ms} ms, threads {args.threads or 'default'}; "
+        f"torch default threads {torch.get_num_threads()}; cpus {os.cpu_count()}"
     )
     server_threads = args.threads or torch.get_num_threads()  # the server's own default
     threads = sorted({1, torch.get_num_threads(), server_threads})
