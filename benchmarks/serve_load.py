@@ -70,7 +70,8 @@ def parse_args() -> argparse.Namespace:
         "--engine",
         choices=sorted(ENGINES),
         default="torch",
-        help="model engine of both the server and the offline baseline (onnx needs piccolo-embed export first)",
+        help="model engine of both the server and the offline baseline (onnx needs piccolo-embed export first; "
+        "the offline thread counts only apply to torch engines, ONNX Runtime keeps its own thread pool)",
     )
     parser.add_argument("--offline-seconds", type=float, default=2.0, help="per offline measurement")
     parser.add_argument("--offline-repeats", type=int, default=3, help="offline measurements before and after")

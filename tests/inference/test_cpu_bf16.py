@@ -11,7 +11,7 @@ from piccolo_embed.inference.runners import TorchRunner
 TEXTS = ["今天天气很好", "北京明天会下雨吗？要带雨伞吗", "深度学习模型在中文检索中的应用" * 5, "好"]
 
 
-def test_bf16_on_an_amx_cpu_runs_bf16_weights_close_to_fp32(tiny_bert_dir, monkeypatch):
+def test_bf16_on_an_amx_cpu_runs_bf16_weights_close_to_fp32(tiny_bert_dir):
     if not cpu_bf16.cpu_has_amx():
         pytest.skip("this CPU has no AMX")
     fp32 = Embedder.from_pretrained(tiny_bert_dir, device="cpu", precision="fp32")
