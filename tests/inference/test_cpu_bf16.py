@@ -2,11 +2,12 @@
 
 import numpy as np
 import pytest
+import torch
 
 from piccolo_embed import Embedder
 from piccolo_embed.inference import cpu_bf16
 from piccolo_embed.inference.cpu_bf16 import CpuBf16Runner
-from piccolo_embed.inference.runners import TorchRunner
+from piccolo_embed.inference.unpadded import UnpaddedRunner
 
 TEXTS = ["今天天气很好", "北京明天会下雨吗？要带雨伞吗", "深度学习模型在中文检索中的应用" * 5, "好"]
 
@@ -16,7 +17,7 @@ def test_bf16_on_an_amx_cpu_runs_bf16_weights_close_to_fp32(tiny_bert_dir):
         pytest.skip("this CPU has no AMX")
     fp32 = Embedder.from_pretrained(tiny_bert_dir, device="cpu", precision="fp32")
     bf16 = Embedder.from_pretrained(tiny_bert_dir, device="cpu", precision="bf16")
-    assert isinstance(fp32.runner, TorchRunner)
+    assert isinstance(fp32.runner, UnpaddedRunner)
     assert isinstance(bf16.runner, CpuBf16Runner)
     a, b = fp32.encode(TEXTS, "passage"), bf16.encode(TEXTS, "passage")
     assert b.dtype == np.float32
@@ -32,5 +33,5 @@ def test_bf16_is_refused_on_a_cpu_without_amx(tiny_bert_dir, monkeypatch):
 
 def test_auto_precision_on_cpu_stays_fp32(tiny_bert_dir):
     embedder = Embedder.from_pretrained(tiny_bert_dir, device="cpu")
-    assert isinstance(embedder.runner, TorchRunner)
-    assert embedder.runner.autocast_dtype is None
+    assert isinstance(embedder.runner, UnpaddedRunner)  # fp32 weights, no autocast
+    assert next(embedder.model.parameters()).dtype == torch.float32

@@ -12,7 +12,8 @@ import torch
 from tqdm.auto import tqdm
 
 from piccolo_embed.inference.batching import plan_batches
-from piccolo_embed.inference.runners import BatchRunner, TorchRunner, pad_batch
+from piccolo_embed.inference.runners import BatchRunner, TorchRunner, autocast_dtype, pad_batch
+from piccolo_embed.inference.unpadded import UnpaddedRunner, unpadded_unsupported
 from piccolo_embed.inference.validation import validate_texts
 from piccolo_embed.modeling.loading import load_sentence_transformer, resolve_model_dir, resolve_roles
 from piccolo_embed.modeling.roles_io import save_role_specs
@@ -189,11 +190,18 @@ class Embedder:
 
 
 def _default_runner(model: SentenceTransformer, precision: Precision) -> BatchRunner:
-    """Plain torch (autocast on CUDA); an explicit ``bf16`` on CPU gets the AMX bf16-weights runner."""
+    """The fastest exact runner: padding-free fp32 on CPU where the architecture allows, else plain torch.
+
+    CUDA keeps the padded runner with autocast; an explicit ``bf16`` on CPU gets the AMX bf16-weights runner.
+    """
     if precision is Precision.BF16 and model.device.type == "cpu":
         from piccolo_embed.inference.cpu_bf16 import CpuBf16Runner
 
         return CpuBf16Runner(model)
+    autocast_dtype(model.device, precision)  # refuses fp16 on CPU with a clear message
+    if model.device.type == "cpu" and unpadded_unsupported(model) is None:
+        return UnpaddedRunner(model)
+    log.debug("padded torch runner: %s", unpadded_unsupported(model))
     return TorchRunner(model, precision)
 
 

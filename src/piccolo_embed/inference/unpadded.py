@@ -1,0 +1,141 @@
+"""Padding-free CPU forward for BERT and XLM-R encoders: linear layers see only real tokens.
+
+Why our own forward: in a padded batch every linear layer (Q/K/V, attention output, both feed-forward
+matmuls: over 95% of the FLOPs for texts under a few hundred tokens) also runs on the pad positions. Offline
+``encode`` keeps that waste small by sorting all its input by length, but a server batches whatever requests
+are in flight, and there padding cost a quarter of the model's time (``docs/performance.md``). Hugging Face
+only skips padding with FlashAttention-2 on CUDA (sentence-transformers' ``cu_seq_lens`` path), so on CPU
+this module re-runs the encoder's own modules on a flat ``(tokens, hidden)`` tensor and pads only around
+scaled-dot-product attention, whose cost grows with the longest text but is small next to the linears.
+
+The weights are the model's own parameters, read on every call (no copies), so a model that is trained
+further stays in sync. Anything this forward does not reproduce exactly (other architectures, relative
+positions, pooling other than mean or CLS) is refused by :func:`unpadded_unsupported`, and the
+:class:`~piccolo_embed.inference.embedder.Embedder` then uses the plain padded runner.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch.nn import functional
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+_MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
+_COUNT_FROM_PADDING = ("roberta", "xlm-roberta")  # their position ids start at padding_idx + 1
+_POOLING = ("mean", "cls")
+
+
+def unpadded_unsupported(model: SentenceTransformer) -> str | None:
+    """Why :class:`UnpaddedRunner` cannot run ``model`` exactly, or ``None`` when it can."""
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+
+    if model.device.type != "cpu":
+        return f"the model is on {model.device}, not the CPU"
+    if len(model) < 2 or not isinstance(model[0], Transformer) or not isinstance(model[1], Pooling):
+        return "the model does not start with a Transformer and a Pooling module"
+    if _pooling_mode(model[1]) not in _POOLING:
+        return f"pooling {model[1].pooling_mode!r} is not one of {_POOLING}"
+    return _config_unsupported(model[0].auto_model.config)
+
+
+def _pooling_mode(pooling: torch.nn.Module) -> str:
+    """The pooling's single mode as a string (sentence-transformers accepts one mode or a tuple of them)."""
+    mode = pooling.pooling_mode
+    if isinstance(mode, tuple | list):
+        return str(mode[0]) if len(mode) == 1 else repr(mode)
+    return str(mode)
+
+
+def _config_unsupported(config: object) -> str | None:
+    model_type = getattr(config, "model_type", None)
+    if model_type not in _MODEL_TYPES:
+        return f"model type {model_type!r} is not one of {_MODEL_TYPES}"
+    if getattr(config, "position_embedding_type", "absolute") not in (None, "absolute"):
+        return f"position embedding type {config.position_embedding_type!r} is not absolute"
+    if getattr(config, "is_decoder", False):
+        return "the model is a decoder"
+    return None
+
+
+class UnpaddedRunner:
+    """A :class:`~piccolo_embed.inference.runners.BatchRunner` that skips pad tokens in every linear layer.
+
+    Args:
+        model: A sentence-transformers model that :func:`unpadded_unsupported` accepts. Modules after the
+            pooling (``Dense``, ``Normalize``) run unchanged on the pooled vectors.
+
+    Raises:
+        ValueError: The model is not supported (the message says why).
+    """
+
+    def __init__(self, model: SentenceTransformer) -> None:
+        if reason := unpadded_unsupported(model):
+            raise ValueError(f"UnpaddedRunner cannot run this model: {reason}")
+        self.model = model
+        self.encoder = model[0].auto_model
+        self.pooling = _pooling_mode(model[1])
+        self.head = list(model)[2:]
+        config = self.encoder.config
+        self.first_position = config.pad_token_id + 1 if config.model_type in _COUNT_FROM_PADDING else 0
+        self.heads = config.num_attention_heads
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """Embed one padded batch: int64 ``(rows, width)`` ids and mask in, float32 ``(rows, dim)`` out."""
+        ids = torch.from_numpy(input_ids)
+        mask = torch.from_numpy(attention_mask).bool()
+        with torch.inference_mode():
+            flat = mask.reshape(-1).nonzero().squeeze(1)  # where the real tokens sit in the padded batch
+            hidden = self._embed(ids, flat)
+            for layer in self.encoder.encoder.layer:
+                hidden = self._layer(layer, hidden, flat, mask)
+            features = {"sentence_embedding": self._pool(hidden, mask)}
+            for module in self.head:
+                features = module(features)
+        return features["sentence_embedding"].float().numpy()
+
+    def _embed(self, ids: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+        """Word + absolute position + token-type-0 embeddings of the real tokens, layer-normalised."""
+        embeddings = self.encoder.embeddings
+        width = ids.shape[1]
+        positions = torch.arange(self.first_position, self.first_position + width).repeat(ids.shape[0])[flat]
+        hidden = embeddings.word_embeddings(ids.reshape(-1)[flat]) + embeddings.position_embeddings(positions)
+        hidden = hidden + embeddings.token_type_embeddings.weight[0]
+        return embeddings.LayerNorm(hidden)
+
+    def _layer(
+        self, layer: torch.nn.Module, hidden: torch.Tensor, flat: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """One post-LayerNorm transformer layer; only the attention itself sees the padded layout."""
+        attention = layer.attention
+        projections = [
+            functional.linear(hidden, p.weight, p.bias)
+            for p in (attention.self.query, attention.self.key, attention.self.value)
+        ]
+        context = self._attend(torch.cat(projections, dim=1), flat, mask)
+        hidden = attention.output.LayerNorm(attention.output.dense(context) + hidden)
+        inner = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(hidden))
+        return layer.output.LayerNorm(layer.output.dense(inner) + hidden)
+
+    def _attend(self, qkv: torch.Tensor, flat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Scatter flat Q/K/V into the padded layout, run masked SDPA, gather the real rows back."""
+        rows, width = mask.shape
+        size = qkv.shape[1] // 3
+        padded = qkv.new_zeros(rows * width, qkv.shape[1]).index_copy_(0, flat, qkv)
+        q, k, v = padded.view(rows, width, 3, self.heads, size // self.heads).permute(2, 0, 3, 1, 4)
+        context = functional.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+        return context.transpose(1, 2).reshape(rows * width, size).index_select(0, flat)
+
+    def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean over each text's tokens, or its first token (CLS), from the flat hidden states."""
+        lengths = mask.sum(dim=1)
+        starts = torch.cumsum(lengths, dim=0) - lengths
+        if self.pooling == "cls":
+            return hidden.index_select(0, starts)
+        segment = torch.repeat_interleave(torch.arange(mask.shape[0]), lengths)
+        sums = hidden.new_zeros(mask.shape[0], hidden.shape[1]).index_add_(0, segment, hidden)
+        return sums / lengths.clamp(min=1).unsqueeze(1).to(hidden.dtype)
