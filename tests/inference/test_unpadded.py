@@ -7,6 +7,7 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
 
 from piccolo_embed import Embedder
+from piccolo_embed.inference import unpadded
 from piccolo_embed.inference.runners import TorchRunner, pad_batch
 from piccolo_embed.inference.unpadded import UnpaddedRunner, unpadded_unsupported
 
@@ -32,6 +33,13 @@ def test_default_runner_is_unpadded_and_matches_padded(request, fixture):
     embedder = Embedder.from_pretrained(request.getfixturevalue(fixture), device="cpu")
     assert isinstance(embedder.runner, UnpaddedRunner)
     _assert_same(embedder.model)
+
+
+@pytest.mark.parametrize("pack_above", [1.0, 1e9], ids=["packed", "padded"])
+def test_packed_and_padded_layouts_match(tiny_bert_dir, monkeypatch, pack_above):
+    """Batches with little padding run padded, the rest packed; both must give the plain forward's vectors."""
+    monkeypatch.setattr(unpadded, "PACK_ABOVE", pack_above)
+    _assert_same(Embedder.from_pretrained(tiny_bert_dir, device="cpu").model)
 
 
 def test_batch_without_padding_and_single_text(tiny_bert_dir):

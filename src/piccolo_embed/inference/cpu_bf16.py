@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from piccolo_embed.inference.unpadded import UnpaddedRunner, unpadded_unsupported
+
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
@@ -57,9 +59,13 @@ class CpuBf16Runner:
         transformer = model[0]
         transformer.to(torch.bfloat16)
         transformer.register_forward_hook(_output_to_fp32)
+        # The padding-free forward works in the weights' dtype and pools in fp32, like the hook above.
+        self.unpadded = UnpaddedRunner(model) if unpadded_unsupported(model) is None else None
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """Embed one padded batch: int64 ``(rows, width)`` ids and mask in, float32 ``(rows, dim)`` out."""
+        if self.unpadded is not None:
+            return self.unpadded(input_ids, attention_mask)
         features = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention_mask)}
         with torch.inference_mode():
             embeddings = self.model.forward(features)["sentence_embedding"]
