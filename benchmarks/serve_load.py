@@ -1,6 +1,6 @@
 """Load test of ``piccolo-embed serve``: N concurrent clients on loopback vs offline ``Embedder.encode``.
 
-    python benchmarks/serve_load.py                      # starter model, 32 clients, 20 s
+    python benchmarks/serve_load.py                      # starter, 32 clients, 20 s with 1 and with 8 texts/request
     python benchmarks/serve_load.py --model DIR --clients 32 --duration 20 --texts-per-request 1
     python benchmarks/serve_load.py --engine onnx-int8 --texts-per-request 8   # server and baseline on int8 ONNX
 
@@ -58,7 +58,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before")
-    parser.add_argument("--texts-per-request", type=int, default=1)
+    parser.add_argument(
+        "--texts-per-request",
+        type=int,
+        nargs="+",
+        default=[1, 8],
+        help="one load phase per value, against the same server and offline baseline",
+    )
     parser.add_argument("--role", default="none")
     parser.add_argument("--pool", type=int, default=2048, help="distinct texts drawn from")
     parser.add_argument("--data", type=Path, default=LCQMC, help="jsonl with sentence1/sentence2 (read-only)")
@@ -133,7 +139,7 @@ def free_port() -> int:
 def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
     argv = ["serve", "--model", args.model, "--port", str(port), "--batch-size", str(args.batch_size)]
     argv += ["--max-batch-tokens", str(args.max_batch_tokens), "--max-wait-ms", str(args.max_wait_ms)]
-    argv += ["--max-inputs", str(max(256, args.texts_per_request))]
+    argv += ["--max-inputs", str(max(256, *args.texts_per_request))]
     argv += ["--threads", str(args.threads)] if args.threads else []
     argv += ENGINES[args.engine][0]
     # a file, not a pipe: an unread pipe could fill up and stall the server
@@ -260,8 +266,10 @@ async def run_load(port: int, texts: list[str], args: argparse.Namespace) -> tup
     return tally, {name: last[name] - first.get(name, 0.0) for name in last}
 
 
-def report(args: argparse.Namespace, tally: Tally, delta: dict[str, float], offline: dict[int, list[float]]) -> None:
-    """Print the results (and one JSON line); server-side figures cover the measured window only."""
+def report(
+    args: argparse.Namespace, tally: Tally, delta: dict[str, float], offline: dict[int, list[float]]
+) -> dict[str, float]:
+    """Print one load phase's results (and a JSON line); server-side figures cover the measured window only."""
     requests = len(tally.latencies)
     lat = np.array(tally.latencies or [float("nan")]) * 1000
     server_rate = tally.texts / args.duration
@@ -305,6 +313,18 @@ def report(args: argparse.Namespace, tally: Tally, delta: dict[str, float], offl
     for sample in tally.error_samples:
         print(f"error sample: {sample}")
     print("json:", json.dumps({k: round(v, 4) for k, v in r.items()}))
+    return r
+
+
+def summary(results: dict[int, dict[str, float]]) -> None:
+    """One line per load phase, so runs with different request sizes read side by side."""
+    columns = ["texts/req", "req/s", "texts/s", "p50 ms", "p99 ms", "batch", "eff"]
+    print("\n" + " ".join(f"{c:>{w}s}" for c, w in zip(columns, [9, 7, 8, 7, 7, 6, 6], strict=True)) + " errors")
+    for size, r in results.items():
+        print(
+            f"{size:9d} {r['requests_per_s']:7.1f} {r['texts_per_s']:8.1f} {r['p50_ms']:7.1f} {r['p99_ms']:7.1f}"
+            f" {r['mean_batch_texts']:6.1f} {r['batching_efficiency']:6.3f} {r['errors']}"
+        )
 
 
 def main() -> int:
@@ -320,7 +340,8 @@ def main() -> int:
         f"mean {np.mean([len(t) for t in texts]):.1f} chars; role {args.role}"
     )
     print(
-        f"clients: {args.clients} x {args.texts_per_request} text(s)/request ({args.client}), {args.duration:g} s "
+        f"clients: {args.clients} x {'/'.join(map(str, args.texts_per_request))} text(s)/request ({args.client}), "
+        f"{args.duration:g} s "
         f"measured after {args.warmup:g} s warm-up; server: engine {args.engine}, batch {args.batch_size}, "
         f"max wait {args.max_wait_ms} ms, threads {args.threads or 'default'}; "
         f"torch default threads {torch.get_num_threads()}; cpus {os.cpu_count()}"
@@ -330,15 +351,23 @@ def main() -> int:
     before = offline_rates(embedder, texts, args, threads)
     port = free_port()
     server = start_server(args, port)
+    phases = {size: argparse.Namespace(**{**vars(args), "texts_per_request": size}) for size in args.texts_per_request}
+    loads: dict[int, tuple[Tally, dict[str, float]]] = {}
     try:
-        tally, delta = asyncio.run(run_load(port, texts, args))
+        for size, phase in phases.items():
+            loads[size] = asyncio.run(run_load(port, texts, phase))
     finally:
         server.terminate()
         server.wait(30)
     after = offline_rates(embedder, texts, args, threads)
     print(f"load average after the run: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
-    report(args, tally, delta, {count: before[count] + after[count] for count in threads})
-    return 1 if tally.errors else 0
+    offline = {count: before[count] + after[count] for count in threads}
+    results = {}
+    for size, (tally, delta) in loads.items():
+        print(f"\n--- {args.clients} clients x {size} text(s) per request")
+        results[size] = report(phases[size], tally, delta, offline)
+    summary(results)
+    return 1 if any(tally.errors for tally, _ in loads.values()) else 0
 
 
 if __name__ == "__main__":
