@@ -13,12 +13,17 @@ BENCH = REPO / "benchmarks" / "serve_load.py"
 
 
 @pytest.mark.slow
-def test_short_run_reports_every_phase_without_errors(tmp_path):
-    sys.path.insert(0, str(REPO / "tests"))
-    from conftest import build_tiny_bert
-
-    model = build_tiny_bert(tmp_path / "tiny-bert")
-    argv = ["--model", str(model), "--data", str(tmp_path / "absent.jsonl"), "--clients", "4", "--duration", "2"]
+def test_short_run_reports_every_phase_without_errors(tiny_bert_dir, tmp_path):
+    argv = [
+        "--model",
+        str(tiny_bert_dir),
+        "--data",
+        str(tmp_path / "absent.jsonl"),
+        "--clients",
+        "4",
+        "--duration",
+        "2",
+    ]
     argv += ["--warmup", "0.5", "--offline-seconds", "0.3", "--offline-repeats", "1", "--texts-per-request", "1", "3"]
     done = subprocess.run(
         [sys.executable, str(BENCH), *argv], capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path
