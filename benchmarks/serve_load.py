@@ -10,6 +10,8 @@ Offline throughput is sampled several times before and after the load phase, wit
 torch's default; the thread count with the best median is the baseline, and the efficiency against that
 count's fastest single run is printed too (the machine may be shared, so single runs are noisy).
 
+Each request carries what the ``openai`` package sends (``input``, ``model``, and ``encoding_format`` base64,
+its default when the caller does not pick one; ``--encoding-format float`` for JSON floats) plus our ``role``.
 Clients speak HTTP/1.1 keep-alive over raw asyncio streams by default (like ``wrk``): on a 2-core machine
 the client shares the CPU with the server, and a heavy client would measure itself. ``--client httpx``
 uses httpx instead.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import random
@@ -66,6 +69,12 @@ def parse_args() -> argparse.Namespace:
         help="one load phase per value, against the same server and offline baseline",
     )
     parser.add_argument("--role", default="none")
+    parser.add_argument(
+        "--encoding-format",
+        choices=["base64", "float"],
+        default="base64",
+        help="what clients ask for; the openai package sends base64 unless the caller picks a format",
+    )
     parser.add_argument("--pool", type=int, default=2048, help="distinct texts drawn from")
     parser.add_argument("--data", type=Path, default=LCQMC, help="jsonl with sentence1/sentence2 (read-only)")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -212,6 +221,13 @@ class Tally:
     error_samples: list[str] = field(default_factory=list)
 
 
+def _unit_vectors(response: dict, count: int) -> bool:
+    """Whether an OpenAI-style response holds ``count`` unit-norm vectors (float lists or base64 float32)."""
+    rows = [item["embedding"] for item in response["data"]]
+    vectors = [np.frombuffer(base64.b64decode(r), "<f4") if isinstance(r, str) else np.array(r) for r in rows]
+    return len(vectors) == count and all(abs(float(np.linalg.norm(v)) - 1.0) < 1e-3 for v in vectors)
+
+
 async def client_loop(
     client: RawClient | HttpxClient,
     texts: list[str],
@@ -225,12 +241,13 @@ async def client_loop(
     checked = False
     while (sent := time.perf_counter()) < end:
         batch = rng.sample(texts, args.texts_per_request)
-        body = json.dumps({"input": batch, "role": args.role}, ensure_ascii=False).encode()
+        request = {"input": batch, "model": "piccolo", "encoding_format": args.encoding_format, "role": args.role}
+        body = json.dumps(request, ensure_ascii=False).encode()
         status, payload = await client.request("POST", "/v1/embeddings", body)
         done = time.perf_counter()
         ok = status == 200
-        if ok and not checked:  # decode one response per client: right number of vectors
-            ok = len(json.loads(payload)["data"]) == len(batch)
+        if ok and not checked:  # decode one response per client: right number of unit vectors
+            ok = _unit_vectors(json.loads(payload), len(batch))
             checked = True
         if not start <= done <= end:
             continue  # throughput counts completions inside the measured window (as a steady-state rate)
@@ -341,7 +358,7 @@ def main() -> int:
     )
     print(
         f"clients: {args.clients} x {'/'.join(map(str, args.texts_per_request))} text(s)/request ({args.client}), "
-        f"{args.duration:g} s "
+        f"{args.encoding_format} vectors, {args.duration:g} s "
         f"measured after {args.warmup:g} s warm-up; server: engine {args.engine}, batch {args.batch_size}, "
         f"max wait {args.max_wait_ms} ms, threads {args.threads or 'default'}; "
         f"torch default threads {torch.get_num_threads()}; cpus {os.cpu_count()}"
