@@ -199,9 +199,9 @@ def _default_runner(model: SentenceTransformer, precision: Precision) -> BatchRu
 
         return CpuBf16Runner(model)
     autocast_dtype(model.device, precision)  # refuses fp16 on CPU with a clear message
-    if model.device.type == "cpu" and unpadded_unsupported(model) is None:
+    if (reason := unpadded_unsupported(model)) is None:  # None only on CPU
         return UnpaddedRunner(model)
-    log.debug("padded torch runner: %s", unpadded_unsupported(model))
+    log.debug("padded torch runner: %s", reason)
     return TorchRunner(model, precision)
 
 

@@ -1,9 +1,10 @@
 """Padding-free CPU forward for BERT and XLM-R encoders: linear layers see only real tokens.
 
 Why our own forward: in a padded batch every linear layer (Q/K/V, attention output, both feed-forward
-matmuls: over 95% of the FLOPs for texts under a few hundred tokens) also runs on the pad positions. Offline
+matmuls: over 90% of the FLOPs for texts shorter than 0.6 x the hidden size, 230 tokens for the starter) also
+runs on the pad positions. Offline
 ``encode`` keeps that waste small by sorting all its input by length, but a server batches whatever requests
-are in flight, and there padding cost a quarter of the model's time (``docs/performance.md``). Hugging Face
+are in flight, and there padding cost about a quarter of the model's time (``docs/performance.md``). Hugging Face
 only skips padding with FlashAttention-2 on CUDA (sentence-transformers' ``cu_seq_lens`` path), so on CPU
 this module re-runs the encoder's own modules on a flat ``(tokens, hidden)`` tensor and pads only around
 scaled-dot-product attention, whose cost grows with the longest text but is small next to the linears.
