@@ -24,21 +24,34 @@ ROLE_CODE = {Role.QUERY: 1.0, Role.PASSAGE: 2.0, Role.NONE: 3.0}
 
 
 class FakeModel:
-    """Token count = characters + 2; vector = (characters, first code point, role code); optional gate."""
+    """Ids = [role, code points..., 0] (characters + 2 tokens); vector = (characters, first code point, role code).
+
+    The ids carry text and role, so ``encode_ids`` can check it got what ``tokenize`` made; ``gate`` holds the
+    model, ``fail_on`` makes a forward pass fail and ``reject`` makes tokenization fail.
+    """
 
     def __init__(self) -> None:
         self.calls: list[tuple[list[str], Role]] = []
+        self.tokenize_calls: list[list[str]] = []
         self.gate = threading.Event()
         self.gate.set()
+        self.entered = threading.Event()  # set once a forward pass has started
         self.fail_on: str | None = None
+        self.reject: str | None = None
 
     def tokenize(self, texts: Sequence[str], role: Role | str | None = None) -> list[list[int]]:
-        return [[0] * (len(text) + 2) for text in texts]
+        self.tokenize_calls.append(list(texts))
+        if self.reject is not None and self.reject in texts:
+            raise ValueError(f"cannot tokenize {self.reject!r}")
+        code = list(ROLE_CODE).index(Role.coerce(role)) + 1
+        return [[code, *map(ord, text), 0] for text in texts]
 
-    def encode(self, texts: Sequence[str], role: Role | str | None = None, **_: object) -> np.ndarray:
+    def encode_ids(self, ids: Sequence[Sequence[int]], **_: object) -> np.ndarray:
+        self.entered.set()
         self.gate.wait(10)
-        role = Role.coerce(role)
-        self.calls.append((list(texts), role))
+        texts = ["".join(map(chr, row[1:-1])) for row in ids]
+        (role,) = {list(ROLE_CODE)[row[0] - 1] for row in ids}  # one role per forward pass
+        self.calls.append((texts, role))
         if self.fail_on is not None and self.fail_on in texts:
             raise RuntimeError("model exploded")
         return np.array([expected(text, role) for text in texts], dtype=np.float32)
@@ -137,7 +150,8 @@ def test_model_failure_reaches_callers_and_worker_survives() -> None:
 
 def test_truncate_false_reports_index_and_token_count() -> None:
     model = FakeModel()
-    model.tokenize = lambda texts, role=None: [[0] * min(len(t) + 2, 5) for t in texts]  # truncates at 5
+    full = model.tokenize
+    model.tokenize = lambda texts, role=None: [r if len(r) <= 5 else [*r[:4], 0] for r in full(texts, role)]  # at 5
     batcher = DynamicBatcher(model, max_wait_s=0.0, count_tokens=lambda texts, role: [len(t) + 2 for t in texts])
 
     async def scenario() -> list:
@@ -223,3 +237,65 @@ def test_waiting_texts_are_sorted_by_length_into_passes_like_offline_encode() ->
         batcher.close()
     assert [[len(t) for t in texts] for texts, _ in model.calls[1:]] == [[6, 5], [4, 3], [2, 1]]
     assert [int(r.vectors[0, 0]) for r in results[1:]] == lengths
+
+
+def test_waiting_requests_share_one_tokenizer_call_and_a_bad_one_fails_alone() -> None:
+    model = FakeModel()
+    model.reject = "坏"
+    batcher = DynamicBatcher(model, max_batch_size=64, max_wait_s=0.0)
+
+    async def scenario() -> list:
+        running = await _block_worker(batcher, model)
+        waiting = [batcher.submit(texts, Role.QUERY) for texts in (["甲"], ["坏"], ["乙", "丙"])]
+        waiting.append(batcher.submit(["丁"], Role.PASSAGE))
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        return await asyncio.gather(running, *waiting, return_exceptions=True)
+
+    try:
+        _, good, bad, pair, passage = run(scenario())
+    finally:
+        batcher.close()
+    assert isinstance(bad, ValueError)
+    np.testing.assert_array_equal(good.vectors, [expected("甲", Role.QUERY)])
+    np.testing.assert_array_equal(pair.vectors, [expected(t, Role.QUERY) for t in ("乙", "丙")])
+    np.testing.assert_array_equal(passage.vectors, [expected("丁", Role.PASSAGE)])
+    assert pair.token_counts == [3, 3]
+    # one call for the first request, one joint call per role for the rest, then each query job alone
+    assert model.tokenize_calls == [["一"], ["甲", "坏", "乙", "丙"], ["甲"], ["坏"], ["乙", "丙"], ["丁"]]
+
+
+def test_worker_waits_for_the_clients_it_just_answered_instead_of_running_half_batches() -> None:
+    """Two clients are in the model while two more queue; afterwards all four share every pass.
+
+    Without waiting for the answered ones, the two queued clients (older than ``max_wait_s`` by then) would
+    run alone and the four clients would keep taking turns in pairs.
+    """
+    model = FakeModel()
+    batcher = DynamicBatcher(model, max_batch_size=64, max_wait_s=0.2)
+
+    async def client(text: str) -> None:
+        for _ in range(3):
+            await batcher.submit([text], Role.NONE)
+            await asyncio.sleep(0.02)  # the client's own work and network before its next request
+
+    async def scenario() -> None:
+        model.gate.clear()
+        early = [asyncio.ensure_future(client(text)) for text in "甲乙"]
+        while not model.entered.is_set():  # the worker has taken them into the (gated) model
+            await asyncio.sleep(0.005)
+        late = [asyncio.ensure_future(client(text)) for text in "丙丁"]
+        await asyncio.sleep(0.4)  # the late ones are now older than max_wait_s
+        model.gate.set()
+        await asyncio.gather(*early, *late)
+
+    try:
+        run(scenario())
+    finally:
+        batcher.close()
+    assert [sorted(texts) for texts, _ in model.calls] == [
+        ["乙", "甲"],
+        ["丁", "丙", "乙", "甲"],
+        ["丁", "丙", "乙", "甲"],
+        ["丁", "丙"],
+    ]

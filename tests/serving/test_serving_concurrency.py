@@ -109,7 +109,7 @@ def test_concurrent_requests_match_direct_encode_and_are_batched(embedder: Embed
 
 
 class GatedModel:
-    """Wraps an :class:`Embedder`; ``encode`` waits for ``gate`` and can be told to fail."""
+    """Wraps an :class:`Embedder`; ``encode_ids`` waits for ``gate`` and can be told to fail."""
 
     def __init__(self, inner: Embedder) -> None:
         self.inner = inner
@@ -130,12 +130,12 @@ class GatedModel:
     def tokenize(self, texts: Sequence[str], role: Role | str | None = None) -> list[list[int]]:
         return self.inner.tokenize(texts, role)
 
-    def encode(self, texts: Sequence[str], role: Role | str | None = None, **kwargs: object) -> np.ndarray:
+    def encode_ids(self, ids: Sequence[Sequence[int]], **kwargs: object) -> np.ndarray:
         self.entered.set()
         self.gate.wait(30)
         if self.fail:
             raise RuntimeError("model exploded")
-        return self.inner.encode(texts, role, **kwargs)
+        return self.inner.encode_ids(ids, **kwargs)
 
 
 def test_full_queue_answers_429_quickly_and_stuck_model_503(embedder: Embedder) -> None:

@@ -15,6 +15,8 @@ import torch
 from piccolo_embed.types import Precision
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from sentence_transformers import SentenceTransformer
 
 
@@ -68,7 +70,7 @@ def autocast_dtype(device: torch.device, precision: Precision) -> torch.dtype | 
     return {Precision.FP32: None, Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}[precision]
 
 
-def pad_batch(rows: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+def pad_batch(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """Right-pad token id rows to the longest one; return int64 ids and attention mask."""
     width = max(len(row) for row in rows)
     input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
