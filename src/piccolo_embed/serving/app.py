@@ -133,7 +133,7 @@ def build_app(model: ServedModel, settings: ServerSettings | None = None) -> Fas
 def _add_embedding_routes(
     app: FastAPI, model: ServedModel, settings: ServerSettings, batcher: DynamicBatcher, name: str
 ) -> None:
-    dim = model.dim  # read once: sentence-transformers walks its modules on every call (~40 us)
+    dim = model.dim  # read once: sentence-transformers walks its modules on every call
 
     async def run(texts: list[str], role: Role, dims: int | None, *, truncate: bool, param: str) -> Embedded:
         _check_request(texts, dims, settings=settings, dim=dim, param=param)
