@@ -299,3 +299,22 @@ def test_worker_waits_for_the_clients_it_just_answered_instead_of_running_half_b
         ["丁", "丙", "乙", "甲"],
         ["丁", "丙"],
     ]
+
+
+def test_after_an_idle_spell_concurrent_requests_still_merge() -> None:
+    """The expectation of returning clients lapses after ``max_wait_s``; then a batch waits for company again."""
+    model = FakeModel()
+    batcher = DynamicBatcher(model, max_batch_size=64, max_wait_s=0.1)
+
+    async def scenario() -> None:
+        await batcher.submit(["一"], Role.NONE)  # a window of one text: one text would be "expected back"
+        await asyncio.sleep(0.3)
+        first = batcher.submit(["二"], Role.NONE)
+        await asyncio.sleep(0.02)
+        await asyncio.gather(first, batcher.submit(["三"], Role.NONE), batcher.submit(["四"], Role.NONE))
+
+    try:
+        run(scenario())
+    finally:
+        batcher.close()
+    assert [texts for texts, _ in model.calls] == [["一"], ["二", "三", "四"]]

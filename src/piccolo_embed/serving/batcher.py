@@ -15,14 +15,16 @@ Concurrency model:
   tokenizers raise "Already borrowed" when two threads use one at once.
 * While the model runs, new requests queue up, so under load every batch is as full as the queue allows.
   ``max_wait_s`` only holds back a batch that is not yet full, counted from when its oldest request arrived
-  or the last forward pass ended, whichever is later: once the model is free, a batch waits at most that long.
-  Right after a pass the worker expects the clients it just answered to send again (a closed loop, as
-  with a fixed pool of callers), so it waits, within ``max_wait_s``, until as many texts are queued as
-  the pass took plus those that were already waiting. Without this, N closed-loop clients split into two
-  cohorts that take turns, each pass holding about N/2 texts, and small passes are slow: on CPU a pass of
-  16 short texts ran at 360 texts/s, one of 32 at 420 (32 clients with one text each: 0.60 of offline
-  ``encode`` before, 0.66-0.69 after; see docs/performance.md). Work that arrives faster than the model
-  runs (the queue already holds a full batch) never waits.
+  or the last forward pass ended, whichever is later: once the model is free, a batch waits at most that
+  long. Right after a pass (within ``max_wait_s`` of its end) the worker expects the clients it just
+  answered to send again (a closed loop, as with a fixed pool of callers), so it stops waiting as soon as
+  as many texts are queued as the pass took plus those that were already waiting, rather than only at a
+  full batch. A lone client sending one request after another thus never waits for company. Without
+  this, N closed-loop clients split into two cohorts that take turns, each pass holding about N/2 texts,
+  and small passes are slow: on CPU a pass of 16 short texts ran at 360 texts/s, one of 32 at 420 (32
+  clients with one text each: 0.60 of offline ``encode`` before, 0.66-0.69 after; see
+  docs/performance.md). Work that arrives faster than the model runs (the queue already holds a full
+  batch) never waits.
 * Admission control: the queue holds at most ``max_queue_texts`` texts; beyond that :meth:`submit` raises
   :class:`QueueFullError` immediately (the server answers 429) rather than letting latency grow without
   bound.
@@ -191,7 +193,7 @@ class DynamicBatcher:
         self._queue: deque[_Job] = deque()
         self._pending = 0  # texts in the queue not yet handed to a batch
         self._last_done = float("-inf")  # when the last window finished
-        self._expected = 0  # texts likely to be queued again soon: last window + what waited at its end
+        self._expected = 0  # texts expected back right after a window: its own plus those waiting at its end
         self._stopping = False
         self._thread: threading.Thread | None = None
 
@@ -270,7 +272,9 @@ class DynamicBatcher:
             if self._stopping:
                 return None
             deadline = max(self._queue[0].enqueued, self._last_done) + self.max_wait_s
-            target = min(self.max_batch_size, self._expected or self.max_batch_size)
+            target = self.max_batch_size
+            if time.monotonic() - self._last_done <= self.max_wait_s:  # right after a pass: expect its clients back
+                target = min(target, self._expected)
             while not self._stopping and self._pending < target:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
