@@ -42,6 +42,35 @@ def test_packed_and_padded_layouts_match(tiny_bert_dir, monkeypatch, pack_above)
     _assert_same(Embedder.from_pretrained(tiny_bert_dir, device="cpu").model)
 
 
+@pytest.mark.parametrize(
+    ("width", "expected"),
+    [(1, 16), (9, 16), (15, 16), (16, 16), (17, 17), (23, 23), (24, 32), (31, 32), (32, 32), (33, 33), (40, 48)],
+)
+def test_attention_width_rounds_up_to_16_only_when_close(width, expected):
+    assert unpadded.attention_width(width) == expected
+
+
+@pytest.mark.parametrize(
+    "texts", [TEXTS[:3], [*TEXTS[:2], "我们去公园散步吧，明天会下雨吗？今天天气很好北京"]], ids=["to16", "to32"]
+)
+def test_widened_attention_matches_padded(tiny_bert_dir, monkeypatch, texts):
+    """A packed batch whose attention runs wider than its longest text (masked columns) loses nothing."""
+    model = Embedder.from_pretrained(tiny_bert_dir, device="cpu").model
+    layouts = []
+    choose = unpadded._Layout.choose
+
+    def spy(*args):
+        chosen = choose(*args)
+        layouts.append(chosen[0])
+        return chosen
+
+    monkeypatch.setattr(unpadded._Layout, "choose", spy)
+    _assert_same(model, texts)
+    width = _batch(model, texts)[0].shape[1]
+    assert [layout.width for layout in layouts] == [unpadded.attention_width(width)]
+    assert layouts[0].width > width and layouts[0].tokens is not None
+
+
 def test_batch_without_padding_and_single_text(tiny_bert_dir):
     model = Embedder.from_pretrained(tiny_bert_dir, device="cpu").model
     _assert_same(model, ["今天天气", "明天下雨"])

@@ -142,6 +142,64 @@ def test_bad_input_gets_a_clear_4xx(
         assert error["message"].startswith(param)
 
 
+GOOD_REQUESTS = [
+    ("/v1/embeddings", {"input": TEXTS, "model": "m", "user": "u", "encoding_format": "base64"}),
+    ("/v1/embeddings", {"input": TEXTS[0], "role": "query", "dimensions": 8}),
+    ("/embed", {"texts": TEXTS, "role": "passage", "normalize": False, "dimensions": 4}),
+    ("/embed", {"texts": ["短", "天" * 150], "role": "query", "truncate": False}),  # 413 from the handler
+]
+
+
+@pytest.fixture(scope="module")
+def plain_client(embedder: Embedder) -> Iterator[TestClient]:
+    with TestClient(build_app(embedder, LIMITS, fast_routes=False)) as test_client:
+        yield test_client
+
+
+@pytest.mark.parametrize(("route", "body"), GOOD_REQUESTS + [(route, body) for route, body, *_ in BAD_REQUESTS])
+def test_short_path_answers_byte_for_byte_as_fastapi(
+    client: TestClient, plain_client: TestClient, route: str, body: object
+) -> None:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    fast, plain = (
+        c.post(route, content=content, headers={"content-type": "application/json"}) for c in (client, plain_client)
+    )
+    assert (fast.status_code, fast.headers["content-type"], fast.content) == (
+        plain.status_code,
+        plain.headers["content-type"],
+        plain.content,
+    )
+
+
+def test_only_well_formed_json_skips_the_fastapi_route(embedder: Embedder) -> None:
+    app = build_app(embedder, LIMITS)
+    routed: list[str] = []
+    for route in app.routes:
+        if getattr(route, "path", None) in ("/v1/embeddings", "/embed"):
+            route.app = _counting(route.app, routed)
+    with TestClient(app) as test_client:
+        assert test_client.post("/v1/embeddings", json={"input": "x"}).status_code == 200
+        assert test_client.post("/embed", json={"texts": ["x"]}).status_code == 200
+        assert routed == []
+        too_many = test_client.post("/embed", json={"texts": ["x"] * 9})  # valid JSON: the handler refuses it
+        assert too_many.json()["error"]["code"] == "too_many_inputs" and routed == []
+        assert test_client.post("/embed", json={"texts": []}).status_code == 400
+        text_plain = test_client.post("/embed", content=b'{"texts": ["x"]}', headers={"content-type": "text/plain"})
+        assert text_plain.json()["error"]["code"] == "invalid_body"
+        assert routed == ["/embed", "/embed"]
+        metrics = test_client.get("/metrics").text
+    assert 'piccolo_embed_errors_total{code="too_many_inputs",route="/embed"} 1' in metrics
+    assert 'piccolo_embed_requests_total{route="/embed",status="200"} 1' in metrics
+
+
+def _counting(app, calls: list[str]):
+    async def counted(scope, receive, send) -> None:
+        calls.append(scope["path"])
+        await app(scope, receive, send)
+
+    return counted
+
+
 def test_unknown_route_and_method_use_the_error_shape(client: TestClient) -> None:
     missing = client.get("/v2/nothing")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"

@@ -318,3 +318,28 @@ def test_after_an_idle_spell_concurrent_requests_still_merge() -> None:
     finally:
         batcher.close()
     assert [texts for texts, _ in model.calls] == [["一"], ["二", "三", "四"]]
+
+
+def test_the_submit_that_completes_the_expected_batch_wakes_the_worker() -> None:
+    """The worker waiting for a returning client starts when it arrives, not when ``max_wait_s`` runs out.
+
+    The worker sleeps through submits that leave the batch short (``_wake_at``); the one that completes it
+    must still wake it, or every pass would wait out the whole deadline.
+    """
+    model = FakeModel()
+    batcher = DynamicBatcher(model, max_batch_size=64, max_wait_s=1.0)
+
+    async def scenario() -> float:
+        await asyncio.gather(batcher.submit(["甲"], Role.NONE), batcher.submit(["乙"], Role.NONE))
+        first = batcher.submit(["甲"], Role.NONE)
+        await asyncio.sleep(0.05)  # the worker has seen the first and waits for the second
+        sent = time.monotonic()
+        await asyncio.gather(first, batcher.submit(["乙"], Role.NONE))
+        return time.monotonic() - sent
+
+    try:
+        waited = run(scenario())
+    finally:
+        batcher.close()
+    assert [sorted(texts) for texts, _ in model.calls] == [["乙", "甲"], ["乙", "甲"]]
+    assert waited < 0.5  # a missed wake-up waits until the deadline, about 0.95 s here

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import uvicorn
 from fastapi.testclient import TestClient
 
 from piccolo_embed.cli import build_parser
-from piccolo_embed.cli.serve import run, settings_from_args
+from piccolo_embed.cli.serve import GIL_SWITCH_INTERVAL_S, run, settings_from_args
 from piccolo_embed.types import Role
 
 MODULES = ("piccolo_embed.cli.serve",)
@@ -44,12 +45,15 @@ def test_handler_serves_the_model(tiny_bert_dir: Path, monkeypatch: pytest.Monke
     captured: dict[str, object] = {}
     monkeypatch.delenv("PICCOLO_EMBED_API_KEY", raising=False)
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: captured.update(app=app, **kwargs))
+    switch_interval = sys.getswitchinterval()
+    monkeypatch.setattr(sys, "setswitchinterval", lambda seconds: captured.update(switch_interval=seconds))
     threads = str(torch.get_num_threads())  # explicit, so the test leaves torch's global setting as it was
     args = build_parser(MODULES).parse_args(
         ["serve", "--model", str(tiny_bert_dir), "--port", "8123", "--threads", threads]
     )
     assert run(args) == 0
     assert (captured["host"], captured["port"], captured["access_log"]) == ("127.0.0.1", 8123, False)
+    assert captured["switch_interval"] == GIL_SWITCH_INTERVAL_S < switch_interval  # the worker gets the GIL sooner
     with TestClient(captured["app"]) as client:
         assert client.get("/info").json()["model"] == str(tiny_bert_dir)
         assert client.post("/v1/embeddings", json={"input": "你好"}).status_code == 200

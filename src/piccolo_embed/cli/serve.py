@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import sys
 
 from piccolo_embed.cli.common import add_model_arguments, load_embedder
 from piccolo_embed.serving.settings import ServerSettings
 from piccolo_embed.types import Role
 
 log = logging.getLogger(__name__)
+
+# Python's default is 5 ms; see _share_the_gil for why the server hands the GIL over sooner.
+GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -81,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     if settings.api_key is None and not _is_loopback(args.host):
         log.warning("listening on %s without an API key: anyone who can reach it can use the model", args.host)
     _set_threads(args.threads)
+    _share_the_gil()
     app = build_app(load_embedder(args), settings)
     uvicorn.run(app, host=args.host, port=args.port, access_log=args.access_log, log_level="info")
     return 0
@@ -94,6 +99,18 @@ def _set_threads(requested: int | None) -> None:
     if requested is not None:
         torch.set_num_threads(requested)
     log.info("model runs on %d torch thread(s)", torch.get_num_threads())
+
+
+def _share_the_gil() -> None:
+    """Let the batching worker take the GIL within 0.5 ms instead of 5 ms.
+
+    Why: when requests arrive, the submit that completes a batch wakes the worker, which needs the GIL.
+    uvloop takes and drops the GIL around every callback and, without a switch request, keeps winning it,
+    so the worker waited out Python's whole 5 ms switch interval while the model stood idle (measured
+    between a pass's last request and its start, 32 one-text clients on the starter). The process belongs to
+    the server, so this global setting is ours to make.
+    """
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
 
 
 def _is_loopback(host: str) -> bool:

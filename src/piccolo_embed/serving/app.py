@@ -7,17 +7,18 @@ Routes:
     ``GET /health`` (never needs the API key), ``GET /info``, ``GET /metrics`` (Prometheus text).
 
 Handlers never touch the model: they validate, submit to the :class:`DynamicBatcher` (whose one worker
-thread owns the model; see its module docstring for why) and await the result.
+thread owns the model; see its module docstring for why) and await the result. Well-formed embedding
+requests skip FastAPI's router (:mod:`piccolo_embed.serving.front` says why); the FastAPI routes run the
+same handlers and word every error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
+import functools
 import re
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -36,20 +37,14 @@ from piccolo_embed.serving.batcher import (
     TokenCounter,
 )
 from piccolo_embed.serving.errors import ApiError, install_error_handlers
+from piccolo_embed.serving.front import FastRoute, GatedFastAPI, Gatekeeper
 from piccolo_embed.serving.metrics import CONTENT_TYPE, ServerMetrics
 from piccolo_embed.serving.settings import ServerSettings
 
 if TYPE_CHECKING:
     from piccolo_embed.types import Role, RoleSpec
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
 ROUTES = ("/v1/embeddings", "/v1/models", "/embed", "/health", "/info", "/metrics", "/docs", "/openapi.json")
-OPEN_ROUTES = frozenset({"/health"})
 _SURROGATE = re.compile("[\ud800-\udfff]")
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": wire.ErrorResponse} for code in (400, 401, 413, 429, 503)
@@ -91,8 +86,15 @@ def untruncated_counter(model: ServedModel) -> TokenCounter:
     return count
 
 
-def build_app(model: ServedModel, settings: ServerSettings | None = None) -> FastAPI:
-    """Create the app; the batching worker starts with the app's lifespan (or on the first request)."""
+def build_app(model: ServedModel, settings: ServerSettings | None = None, *, fast_routes: bool = True) -> FastAPI:
+    """Create the app; the batching worker starts with the app's lifespan (or on the first request).
+
+    Args:
+        model: What to serve.
+        settings: Limits, batching and the API key; defaults when ``None``.
+        fast_routes: Serve well-formed embedding requests without FastAPI's router. ``False`` sends every
+            request through FastAPI: the reference the tests hold the short path to.
+    """
     settings = settings or ServerSettings()
     metrics = ServerMetrics()
     batcher = DynamicBatcher(
@@ -113,49 +115,61 @@ def build_app(model: ServedModel, settings: ServerSettings | None = None) -> Fas
         finally:
             await asyncio.to_thread(batcher.close)
 
-    app = FastAPI(title="piccolo-embed", version=__version__, lifespan=lifespan)
+    app = GatedFastAPI(title="piccolo-embed", version=__version__, lifespan=lifespan)
     app.state.metrics = metrics
     app.state.batcher = batcher
     app.state.known_paths = frozenset(ROUTES)
     install_error_handlers(app)
-    app.add_middleware(
+    name = settings.model_name or model.name or "piccolo-embed"
+    routes = _add_embedding_routes(app, model, settings, batcher, name)
+    _add_status_routes(app, model, settings, name)
+    app.front = functools.partial(
         Gatekeeper,
         metrics=metrics,
         api_key=settings.api_key,
         max_request_bytes=settings.max_request_bytes,
+        known_routes=frozenset(ROUTES),
+        fast_routes=routes if fast_routes else {},
     )
-    name = settings.model_name or model.name or "piccolo-embed"
-    _add_embedding_routes(app, model, settings, batcher, name)
-    _add_status_routes(app, model, settings, name)
     return app
 
 
 def _add_embedding_routes(
     app: FastAPI, model: ServedModel, settings: ServerSettings, batcher: DynamicBatcher, name: str
-) -> None:
+) -> dict[str, FastRoute]:
+    """Register the embedding routes on ``app``; return their handlers for the short path."""
     dim = model.dim  # read once: sentence-transformers walks its modules on every call
 
     async def run(texts: list[str], role: Role, dims: int | None, *, truncate: bool, param: str) -> Embedded:
         _check_request(texts, dims, settings=settings, dim=dim, param=param)
         return await _submit(batcher, texts, role, truncate=truncate, param=param, timeout=settings.request_timeout_s)
 
-    @app.post("/v1/embeddings", response_model=wire.OpenAIEmbeddingResponse, responses=ERROR_RESPONSES)
-    async def openai_embeddings(body: wire.OpenAIEmbeddingRequest) -> Response:
-        """OpenAI-compatible embeddings; ``role`` defaults to the server's default role."""
+    async def openai_json(body: wire.OpenAIEmbeddingRequest) -> bytes:
         role = body.role or settings.default_role
         result = await run(body.input, role, body.dimensions, truncate=True, param="input")
         vectors = resize(result.vectors, body.dimensions, normalize=True)
-        content = wire.openai_response_json(vectors, result.token_counts, name, body.encoding_format)
-        return Response(content, media_type="application/json")
+        return wire.openai_response_json(vectors, result.token_counts, name, body.encoding_format)
+
+    async def embed_json(body: wire.EmbedRequest) -> bytes:
+        role = body.role or settings.default_role
+        result = await run(body.texts, role, body.dimensions, truncate=body.truncate, param="texts")
+        vectors = resize(result.vectors, body.dimensions, normalize=body.normalize)
+        return wire.embed_response_json(vectors, result.token_counts, name, role)
+
+    @app.post("/v1/embeddings", response_model=wire.OpenAIEmbeddingResponse, responses=ERROR_RESPONSES)
+    async def openai_embeddings(body: wire.OpenAIEmbeddingRequest) -> Response:
+        """OpenAI-compatible embeddings; ``role`` defaults to the server's default role."""
+        return Response(await openai_json(body), media_type="application/json")
 
     @app.post("/embed", response_model=wire.EmbedResponse, responses=ERROR_RESPONSES)
     async def embed(body: wire.EmbedRequest) -> Response:
         """Native embeddings with ``normalize`` and ``truncate`` control."""
-        role = body.role or settings.default_role
-        result = await run(body.texts, role, body.dimensions, truncate=body.truncate, param="texts")
-        vectors = resize(result.vectors, body.dimensions, normalize=body.normalize)
-        content = wire.embed_response_json(vectors, result.token_counts, name, role)
-        return Response(content, media_type="application/json")
+        return Response(await embed_json(body), media_type="application/json")
+
+    return {
+        "/v1/embeddings": FastRoute(wire.OpenAIEmbeddingRequest, openai_json),
+        "/embed": FastRoute(wire.EmbedRequest, embed_json),
+    }
 
 
 def _add_status_routes(app: FastAPI, model: ServedModel, settings: ServerSettings, name: str) -> None:
@@ -240,57 +254,3 @@ def resize(vectors: np.ndarray, dims: int | None, *, normalize: bool) -> np.ndar
         return cut
     norms = np.linalg.norm(cut, axis=1, keepdims=True)
     return cut / np.maximum(norms, 1e-12)
-
-
-class Gatekeeper:
-    """Front door of every route: counts and times requests, checks the API key, refuses oversized bodies.
-
-    Written as plain ASGI (not ``BaseHTTPMiddleware``) so it adds no task or body copy per request, and so
-    refusals happen before FastAPI reads or parses anything.
-    """
-
-    def __init__(self, app: ASGIApp, *, metrics: ServerMetrics, api_key: str | None, max_request_bytes: int) -> None:
-        self.app = app
-        self.metrics = metrics
-        self.api_key = api_key.encode() if api_key else None
-        self.max_request_bytes = max_request_bytes
-        self.known = frozenset(ROUTES)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Handle one ASGI connection event."""
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        route = scope["path"] if scope["path"] in self.known else "other"
-        status = 500
-
-        async def send_and_record(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        started = time.perf_counter()
-        try:
-            refusal = self._refusal(scope)
-            if refusal is None:
-                await self.app(scope, receive, send_and_record)
-            else:
-                self.metrics.errors.inc(labels={"route": route, "code": str(refusal.code)})
-                await refusal.response()(scope, receive, send_and_record)
-        finally:
-            self.metrics.requests.inc(labels={"route": route, "status": str(status)})
-            self.metrics.latency.observe(time.perf_counter() - started, labels={"route": route})
-
-    def _refusal(self, scope: Scope) -> ApiError | None:
-        headers = dict(scope["headers"])
-        if self.api_key is not None and scope["path"] not in OPEN_ROUTES:
-            scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
-            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.api_key):
-                message = "missing or wrong API key; send 'Authorization: Bearer <key>'"
-                return ApiError(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
-        length = headers.get(b"content-length", b"")
-        if length.isdigit() and int(length) > self.max_request_bytes:
-            message = f"request body of {int(length)} bytes is larger than the {self.max_request_bytes} allowed"
-            return ApiError(413, message, code="request_too_large")
-        return None
