@@ -222,7 +222,7 @@ async def _submit(
 ) -> Embedded:
     """Await the batcher, turning its exceptions into HTTP errors."""
     try:
-        return await asyncio.wait_for(batcher.submit(texts, role, truncate=truncate), timeout)
+        return await _within(batcher.submit(texts, role, truncate=truncate), timeout)
     except QueueFullError as err:
         raise ApiError(429, f"server busy: {err}", code="queue_full", headers={"Retry-After": "1"}) from None
     except InputTooLongError as err:
@@ -240,6 +240,25 @@ async def _submit(
         raise ApiError(503, str(err), code="shutting_down") from None
     except Exception as err:  # the model failed on this batch; the worker logged it and lives on
         raise ApiError(500, f"the model failed: {type(err).__name__}", code="model_error") from None
+
+
+async def _within(future: asyncio.Future[Embedded], timeout: float) -> Embedded:
+    """Await ``future``, failing it with ``TimeoutError`` after ``timeout`` seconds.
+
+    Why not ``asyncio.wait_for``: before Python 3.12 it wraps the future in a second one and resolves it one
+    event-loop turn later, work the loop repeats for every request between two forward passes. A future
+    that timed out is done, so the batcher drops its texts, as it does for a cancelled one.
+    """
+    timer = asyncio.get_running_loop().call_later(timeout, _expire, future)
+    try:
+        return await future
+    finally:
+        timer.cancel()
+
+
+def _expire(future: asyncio.Future[Embedded]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
 
 
 def resize(vectors: np.ndarray, dims: int | None, *, normalize: bool) -> np.ndarray:
