@@ -269,9 +269,10 @@ class DynamicBatcher:
     def _wait_for_work(self) -> list[_Job] | None:
         """Block until a batch is worth forming; return the jobs not yet tokenized, or ``None`` to stop.
 
-        While it waits for a batch to fill, only the submit that reaches the target wakes it (``_wake_at``):
-        waking on every request made 32 one-text clients cost 31 needless thread switches per pass, each
-        taking the GIL from the event loop while it parsed the next requests.
+        While it waits for a batch to fill, only the submit that reaches the target wakes it (``_wake_at``)
+        rather than every submit, each of which made the worker take the GIL from the event loop just to
+        count and sleep again. The gain is too small for whole benchmark runs to resolve; a test checks
+        that the completing submit still wakes it.
         """
         with self._cond:
             while not self._queue and not self._stopping:
