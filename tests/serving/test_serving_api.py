@@ -98,6 +98,7 @@ BAD_REQUESTS = [
     ("/v1/embeddings", b"null", 400, None, "invalid_body"),
     ("/v1/embeddings", b'{"input": "\\ud800"}', 400, "input[0]", "invalid_text"),
     ("/v1/embeddings", b'{"input": "\xff\xfe"}', 400, None, "invalid_body"),
+    ("/v1/embeddings", b'{"input": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, None, "invalid_body"),
     ("/v1/embeddings", {}, 400, "input", "missing"),
     ("/v1/embeddings", {"input": []}, 400, "input", "too_short"),
     ("/v1/embeddings", {"input": 5}, 400, "input", "list_type"),

@@ -156,7 +156,8 @@ class Gatekeeper:
             return  # the client left before sending its body: nobody to answer
         try:
             request = fast.body.model_validate(json.loads(body))
-        except (ValueError, ValidationError):  # bad JSON or invalid fields: FastAPI words the error
+        # Bad JSON, JSON nested too deeply for json.loads, or invalid fields: FastAPI words the error.
+        except (ValueError, RecursionError, ValidationError):
             await self.app(scope, _replay(body, receive), send)
             return
         try:
