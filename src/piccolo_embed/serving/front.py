@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.responses import Response
 
 from piccolo_embed.serving.errors import ApiError
@@ -156,8 +156,9 @@ class Gatekeeper:
             return  # the client left before sending its body: nobody to answer
         try:
             request = fast.body.model_validate(json.loads(body))
-        # Bad JSON, JSON nested too deeply for json.loads, or invalid fields: FastAPI words the error.
-        except (ValueError, RecursionError, ValidationError):
+        # Bad JSON (nested too deeply for json.loads included), invalid fields, anything else the short path
+        # cannot take: the FastAPI route parses it again and words the error, as it would have anyway.
+        except Exception:
             await self.app(scope, _replay(body, receive), send)
             return
         try:
