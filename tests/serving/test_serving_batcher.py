@@ -320,12 +320,25 @@ def test_after_an_idle_spell_concurrent_requests_still_merge() -> None:
     assert [texts for texts, _ in model.calls] == [["一"], ["二", "三", "四"]]
 
 
-def test_the_submit_that_completes_the_expected_batch_wakes_the_worker() -> None:
-    """The worker waiting for a returning client starts when it arrives, not when ``max_wait_s`` runs out.
+@pytest.mark.parametrize("late_bookkeeping", [False, True], ids=["prompt", "late"])
+def test_the_submit_that_completes_the_expected_batch_wakes_the_worker(
+    monkeypatch: pytest.MonkeyPatch, late_bookkeeping: bool
+) -> None:
+    """The worker waiting for returning clients starts when the last arrives, not when ``max_wait_s`` runs out.
 
     The worker sleeps through submits that leave the batch short (``_wake_at``); the one that completes it
-    must still wake it, or every pass would wait out the whole deadline.
+    must still wake it. "late": the clients send again before the worker has noted the pass; their texts
+    must not count twice (once as returning, once as already waiting), or the batch waits for texts that
+    never come.
     """
+    if late_bookkeeping:
+        expect_back = DynamicBatcher._expect_back
+
+        def late(self: DynamicBatcher, *args: Any) -> None:
+            time.sleep(0.1)
+            expect_back(self, *args)
+
+        monkeypatch.setattr(DynamicBatcher, "_expect_back", late)
     model = FakeModel()
     batcher = DynamicBatcher(model, max_batch_size=64, max_wait_s=1.0)
 
@@ -342,4 +355,4 @@ def test_the_submit_that_completes_the_expected_batch_wakes_the_worker() -> None
     finally:
         batcher.close()
     assert [sorted(texts) for texts, _ in model.calls] == [["乙", "甲"], ["乙", "甲"]]
-    assert waited < 0.5  # a missed wake-up waits until the deadline, about 0.95 s here
+    assert waited < 0.5  # a missed wake-up, or texts counted twice, wait until the deadline: about 0.95 s

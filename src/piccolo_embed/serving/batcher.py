@@ -256,15 +256,21 @@ class DynamicBatcher:
             self._prepare(fresh)
             parts = self._take()
             if parts:
-                self._execute(parts)
-                self._expect_back(sum(part.stop - part.start for part in parts))
+                answered = self._execute(parts)
+                self._expect_back(sum(part.stop - part.start for part in parts), answered)
         log.debug("batcher worker stopped")
 
-    def _expect_back(self, texts: int) -> None:
-        """After a window of ``texts``: the next batch waits (within ``max_wait_s``) for that many plus those queued."""
+    def _expect_back(self, texts: int, answered: float | None) -> None:
+        """After a window of ``texts``: the next batch waits (within ``max_wait_s``) for them to come back.
+
+        It also counts the texts that were already waiting when the window's first answers went out
+        (``answered``), but not those queued since: a client may have sent its next text before this runs,
+        and counting it twice would hold the next batch until ``max_wait_s`` ran out.
+        """
         with self._cond:
             self._last_done = time.monotonic()
-            self._expected = texts + self._pending
+            cutoff = self._last_done if answered is None else answered
+            self._expected = texts + sum(job.size - job.cursor for job in self._queue if job.enqueued < cutoff)
 
     def _wait_for_work(self) -> list[_Job] | None:
         """Block until a batch is worth forming; return the jobs not yet tokenized, or ``None`` to stop.
@@ -362,12 +368,16 @@ class DynamicBatcher:
             parts.append(_Part(job, start, job.cursor))
         return parts
 
-    def _execute(self, parts: list[_Part]) -> None:
+    def _execute(self, parts: list[_Part]) -> float | None:
         """Run a window: length-sorted forward passes, each request settled as soon as its last row is done.
 
         Sorting the whole window (as offline ``encode`` sorts its input) keeps padding low when many texts
         wait; with few texts in flight the window is a single pass.
+
+        Returns:
+            When the window's first answers went out, or ``None`` if no pass succeeded.
         """
+        answered = None
         rows = [(part.job, i) for part in parts for i in range(part.start, part.stop)]
         lengths = [len(job.ids[i]) for job, i in rows]  # type: ignore[index]
         started = time.monotonic()
@@ -376,11 +386,17 @@ class DynamicBatcher:
         for batch in plan:
             members = [rows[k] for k in batch if not rows[k][0].failed and not rows[k][0].future.done()]
             if members:
-                self._forward(members, waits)
+                settled_at = self._forward(members, waits)
+                answered = settled_at if answered is None else answered
                 waits = []  # a request's queue wait is counted once, at its window's first pass
+        return answered
 
-    def _forward(self, members: list[tuple[_Job, int]], waits: list[float]) -> None:
-        """One forward pass over ``members`` (job, row) pairs; failures go to the jobs involved."""
+    def _forward(self, members: list[tuple[_Job, int]], waits: list[float]) -> float | None:
+        """One forward pass over ``members`` (job, row) pairs; failures go to the jobs involved.
+
+        Returns:
+            When its answers went out, or ``None`` if the pass failed.
+        """
         ids = [job.ids[i] for job, i in members]  # type: ignore[index]
         started = time.monotonic()
         try:
@@ -390,7 +406,7 @@ class DynamicBatcher:
         except Exception as err:  # any model failure must reach the waiting requests, not kill the worker
             log.exception("batch of %d texts failed", len(ids))
             self._fail({id(job): job for job, _ in members}.values(), err)
-            return
+            return None
         if self.observer is not None:
             self.observer.batch_done(
                 texts=len(ids),
@@ -400,7 +416,9 @@ class DynamicBatcher:
                 seconds=time.monotonic() - started,
             )
         finished = [job for (job, i), vector in zip(members, vectors, strict=True) if _deliver(job, i, vector)]
+        settled_at = time.monotonic()  # taken before the answers go out: later requests may be their clients'
         _settle_together(finished)
+        return settled_at
 
     def _fail(self, jobs: Iterable[_Job], err: Exception) -> None:
         with self._cond:
