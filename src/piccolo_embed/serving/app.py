@@ -128,7 +128,7 @@ def build_app(model: ServedModel, settings: ServerSettings | None = None, *, fas
         metrics=metrics,
         api_key=settings.api_key,
         max_request_bytes=settings.max_request_bytes,
-        known_routes=frozenset(ROUTES),
+        known_routes=app.state.known_paths,
         fast_routes=routes if fast_routes else {},
     )
     return app

@@ -9,22 +9,22 @@ Concurrency model:
   job and takes queued texts of that role in arrival order (splitting big requests), up to a window of
   ``window_batches * max_batch_size`` texts. It sorts the window by length and runs it as forward passes of
   at most ``max_batch_size`` texts and ``max_batch_tokens`` padded tokens, exactly as offline ``encode``
-  plans its batches, and routes rows back to each job's future with ``loop.call_soon_threadsafe`` as soon
-  as the job's last row is done. Only one forward pass runs at a time: on CPU a second one would fight the
-  first for cores and memory bandwidth, on GPU it would double activation memory, and Hugging Face fast
-  tokenizers raise "Already borrowed" when two threads use one at once.
+  plans its batches, and after each pass resolves the futures of the jobs whose last row it held, with
+  one ``loop.call_soon_threadsafe`` per event loop. Only one forward pass runs at a time: on CPU a second
+  one would fight the first for cores and memory bandwidth, on GPU it would double activation memory,
+  and Hugging Face fast tokenizers raise "Already borrowed" when two threads use one at once.
 * While the model runs, new requests queue up, so under load every batch is as full as the queue allows.
   ``max_wait_s`` only holds back a batch that is not yet full, counted from when its oldest request arrived
   or the last forward pass ended, whichever is later: once the model is free, a batch waits at most that
   long. Right after a pass (within ``max_wait_s`` of its end) the worker expects the clients it just
   answered to send again (a closed loop, as with a fixed pool of callers), so it stops waiting as soon as
-  as many texts are queued as the pass took plus those that were already waiting, rather than only at a
-  full batch. A lone client sending one request after another thus never waits for company. Without
-  this, N closed-loop clients split into two cohorts that take turns, each pass holding about N/2 texts,
-  and small passes are slow: on CPU a pass of 16 short texts ran at 360 texts/s, one of 32 at 420 (32
-  clients with one text each: 0.60 of offline ``encode`` before, 0.66-0.69 after; see
-  docs/performance.md). Work that arrives faster than the model runs (the queue already holds a full
-  batch) never waits.
+  as many texts are queued as the pass took plus those that were already waiting when its answers went
+  out, rather than only at a full batch. A lone client sending one request after another thus never
+  waits for company. Without this, N closed-loop clients split into two cohorts that take turns, each
+  pass holding about N/2 texts, and small passes are slow: on CPU a pass of 16 short texts ran at 360
+  texts/s, one of 32 at 420 (32 clients with one text each: 0.60 of offline ``encode`` before, 0.66-0.69
+  after; see docs/performance.md). Work that arrives faster than the model runs (the queue already holds
+  a full batch) never waits.
 * Admission control: the queue holds at most ``max_queue_texts`` texts; beyond that :meth:`submit` raises
   :class:`QueueFullError` immediately (the server answers 429) rather than letting latency grow without
   bound.
