@@ -3,12 +3,14 @@
     python benchmarks/serve_load.py                      # starter, 32 clients, 20 s with 1 and with 8 texts/request
     python benchmarks/serve_load.py --model DIR --clients 32 --duration 20 --texts-per-request 1
     python benchmarks/serve_load.py --engine onnx-int8 --texts-per-request 8   # server and baseline on int8 ONNX
+    python benchmarks/serve_load.py --workers 1          # one batching worker with all torch threads
 
 The server runs in a child process (as in production); the clients are asyncio tasks in this process.
 Batching efficiency = server texts/s / offline encode texts/s, both on the same texts in the same run.
 Offline throughput is sampled several times before and after the load phase, with 1 torch thread and with
 torch's default; the thread count with the best median is the baseline, and the efficiency against that
-count's fastest single run is printed too (the machine may be shared, so single runs are noisy).
+count's fastest single run is printed too (the machine may be shared, so single runs are noisy). The server's
+share of busy time is per batching worker (``/info`` says how many it runs).
 
 Each request carries what the ``openai`` package sends (``input``, ``model``, and ``encoding_format`` base64,
 its default when the caller does not pick one; ``--encoding-format float`` for JSON floats) plus our ``role``.
@@ -81,6 +83,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-batch-tokens", type=int, default=16384)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=0, help="server torch threads (0: the server's default)")
+    parser.add_argument("--workers", type=int, default=0, help="server batching workers (0: the server's default)")
     parser.add_argument(
         "--engine",
         choices=sorted(ENGINES),
@@ -150,6 +153,7 @@ def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
     argv += ["--max-batch-tokens", str(args.max_batch_tokens), "--max-wait-ms", str(args.max_wait_ms)]
     argv += ["--max-inputs", str(max(256, *args.texts_per_request))]
     argv += ["--threads", str(args.threads)] if args.threads else []
+    argv += ["--workers", str(args.workers)] if args.workers else []
     argv += ENGINES[args.engine][0]
     # a file, not a pipe: an unread pipe could fill up and stall the server
     log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - lives as long as the server process
@@ -284,7 +288,7 @@ async def run_load(port: int, texts: list[str], args: argparse.Namespace) -> tup
 
 
 def report(
-    args: argparse.Namespace, tally: Tally, delta: dict[str, float], offline: dict[int, list[float]]
+    args: argparse.Namespace, tally: Tally, delta: dict[str, float], offline: dict[int, list[float]], workers: int
 ) -> dict[str, float]:
     """Print one load phase's results (and a JSON line); server-side figures cover the measured window only."""
     requests = len(tally.latencies)
@@ -293,7 +297,7 @@ def report(
     medians = {count: float(np.median(rates)) for count, rates in offline.items()}
     threads = max(medians, key=medians.get)
     batches = delta.get("piccolo_embed_batch_size_count", 0.0) or float("nan")
-    busy = delta.get("piccolo_embed_forward_seconds_sum", 0.0) or float("nan")
+    busy = delta.get("piccolo_embed_forward_seconds_sum", 0.0) or float("nan")  # summed over the workers
     waits = delta.get("piccolo_embed_queue_wait_seconds_count", 0.0) or float("nan")
     r = {
         "requests_per_s": requests / args.duration,
@@ -307,7 +311,8 @@ def report(
         "mean_batch_texts": delta.get("piccolo_embed_batch_size_sum", 0.0) / batches,
         "mean_batch_requests": delta.get("piccolo_embed_batch_requests_sum", 0.0) / batches,
         "mean_queue_wait_ms": 1000 * delta.get("piccolo_embed_queue_wait_seconds_sum", 0.0) / waits,
-        "worker_busy": busy / args.duration,
+        "workers": workers,
+        "worker_busy": busy / args.duration / workers,
         "model_texts_per_busy_s": delta.get("piccolo_embed_texts_total", 0.0) / busy,
         "batching_efficiency": server_rate / medians[threads],
         "efficiency_vs_fastest_offline_run": server_rate / max(offline[threads]),
@@ -319,8 +324,8 @@ def report(
     print(f"latency: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms; errors: {tally.errors} of {requests}")
     print(
         f"server batches: mean {r['mean_batch_texts']:.1f} texts from {r['mean_batch_requests']:.1f} requests, "
-        f"mean queue wait {r['mean_queue_wait_ms']:.1f} ms; model busy {100 * r['worker_busy']:.0f}% of the time "
-        f"at {r['model_texts_per_busy_s']:.1f} texts per busy second"
+        f"mean queue wait {r['mean_queue_wait_ms']:.1f} ms; {workers} worker(s), each busy "
+        f"{100 * r['worker_busy']:.0f}% of the time, at {r['model_texts_per_busy_s']:.1f} texts per busy second"
     )
     print(
         f"batching efficiency: {server_rate:.1f} / {medians[threads]:.1f} (median offline, {threads} thread(s)) = "
@@ -360,7 +365,8 @@ def main() -> int:
         f"clients: {args.clients} x {'/'.join(map(str, args.texts_per_request))} text(s)/request ({args.client}), "
         f"{args.encoding_format} vectors, {args.duration:g} s "
         f"measured after {args.warmup:g} s warm-up; server: engine {args.engine}, batch {args.batch_size}, "
-        f"max wait {args.max_wait_ms} ms, threads {args.threads or 'default'}; "
+        f"max wait {args.max_wait_ms} ms, threads {args.threads or 'default'}, "
+        f"workers {args.workers or 'default'}; "
         f"torch default threads {torch.get_num_threads()}; cpus {os.cpu_count()}"
     )
     server_threads = args.threads or torch.get_num_threads()  # the server's own default
@@ -368,6 +374,8 @@ def main() -> int:
     before = offline_rates(embedder, texts, args, threads)
     port = free_port()
     server = start_server(args, port)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/info", timeout=10) as response:
+        workers = int(json.load(response)["limits"]["workers"])
     phases = {size: argparse.Namespace(**{**vars(args), "texts_per_request": size}) for size in args.texts_per_request}
     loads: dict[int, tuple[Tally, dict[str, float]]] = {}
     try:
@@ -382,7 +390,7 @@ def main() -> int:
     results = {}
     for size, (tally, delta) in loads.items():
         print(f"\n--- {args.clients} clients x {size} text(s) per request")
-        results[size] = report(phases[size], tally, delta, offline)
+        results[size] = report(phases[size], tally, delta, offline, workers)
     summary(results)
     return 1 if any(tally.errors for tally, _ in loads.values()) else 0
 

@@ -36,9 +36,10 @@ def test_invalid_limits_are_user_errors() -> None:
     args = build_parser(MODULES).parse_args(["serve", "--model", "m", "--max-queue-texts", "4"])
     with pytest.raises(ValueError, match="max_inputs_per_request"):
         settings_from_args(args)
-    args = build_parser(MODULES).parse_args(["serve", "--model", "m", "--threads", "0"])
-    with pytest.raises(ValueError, match="--threads"):
-        run(args)
+    for flag in ("--threads", "--workers"):
+        args = build_parser(MODULES).parse_args(["serve", "--model", "m", flag, "0"])
+        with pytest.raises(ValueError, match=flag):
+            run(args)  # refused before the (missing) model is loaded
 
 
 def test_handler_serves_the_model(tiny_bert_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -47,13 +48,29 @@ def test_handler_serves_the_model(tiny_bert_dir: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: captured.update(app=app, **kwargs))
     switch_interval = sys.getswitchinterval()
     monkeypatch.setattr(sys, "setswitchinterval", lambda seconds: captured.update(switch_interval=seconds))
-    threads = str(torch.get_num_threads())  # explicit, so the test leaves torch's global setting as it was
+    threads = torch.get_num_threads()  # restored below: run() sets torch's global thread count
     args = build_parser(MODULES).parse_args(
-        ["serve", "--model", str(tiny_bert_dir), "--port", "8123", "--threads", threads]
+        ["serve", "--model", str(tiny_bert_dir), "--port", "8123", "--threads", "2", "--workers", "2"]
     )
-    assert run(args) == 0
+    try:
+        assert run(args) == 0
+        assert torch.get_num_threads() == 1  # each of the two workers gets one of the two threads
+    finally:
+        torch.set_num_threads(threads)
     assert (captured["host"], captured["port"], captured["access_log"]) == ("127.0.0.1", 8123, False)
     assert captured["switch_interval"] == GIL_SWITCH_INTERVAL_S < switch_interval  # the worker gets the GIL sooner
     with TestClient(captured["app"]) as client:
-        assert client.get("/info").json()["model"] == str(tiny_bert_dir)
+        info = client.get("/info").json()
+        assert (info["model"], info["limits"]["workers"]) == (str(tiny_bert_dir), 2)
         assert client.post("/v1/embeddings", json={"input": "你好"}).status_code == 200
+
+
+def test_one_worker_with_every_thread_by_default(tiny_bert_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    captured: dict[str, object] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: captured.update(app=app))
+    monkeypatch.setattr(sys, "setswitchinterval", lambda seconds: None)
+    threads = torch.get_num_threads()
+    assert run(build_parser(MODULES).parse_args(["serve", "--model", str(tiny_bert_dir)])) == 0
+    assert torch.get_num_threads() == threads
+    with TestClient(captured["app"]) as client:
+        assert client.get("/info").json()["limits"]["workers"] == 1

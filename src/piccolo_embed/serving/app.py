@@ -6,8 +6,8 @@ Routes:
     ``POST /embed``: native (``texts``, ``role``, ``normalize``, ``truncate``, ``dimensions``).
     ``GET /health`` (never needs the API key), ``GET /info``, ``GET /metrics`` (Prometheus text).
 
-Handlers never touch the model: they validate, submit to the :class:`DynamicBatcher` (whose one worker
-thread owns the model; see its module docstring for why) and await the result. Well-formed embedding
+Handlers never touch the model: they validate, submit to the :class:`DynamicBatcher` (whose worker threads
+run the model; see its module docstring for how) and await the result. Well-formed embedding
 requests skip FastAPI's router (:mod:`piccolo_embed.serving.front` says why); the FastAPI routes run the
 same handlers and word every error.
 """
@@ -64,12 +64,12 @@ class ServedModel(BatchModel, Protocol):
 
     @property
     def tokenizer(self) -> Any:
-        """A Hugging Face tokenizer (used only on the batcher's worker thread)."""
+        """A Hugging Face tokenizer (used only by the batcher's workers, one at a time)."""
         ...
 
 
 def untruncated_counter(model: ServedModel) -> TokenCounter:
-    """Token counts without truncation, for ``truncate=false``; runs on the worker thread, like the model."""
+    """Token counts without truncation, for ``truncate=false``; runs on a batcher worker, like the model."""
 
     def count(texts: Sequence[str], role: Role) -> list[int]:
         prefix = model.roles[role].prefix
@@ -105,6 +105,7 @@ def build_app(model: ServedModel, settings: ServerSettings | None = None, *, fas
         max_queue_texts=settings.max_queue_texts,
         count_tokens=untruncated_counter(model),
         observer=metrics,
+        workers=settings.workers,
     )
 
     @contextlib.asynccontextmanager

@@ -1,30 +1,38 @@
-"""Dynamic batching: merge concurrent requests into token-budgeted batches run by one model worker thread.
+"""Dynamic batching: merge concurrent requests into token-budgeted batches run by model worker threads.
 
 Concurrency model:
 
 * The asyncio event loop (uvicorn's) only parses and validates requests. :meth:`DynamicBatcher.submit`
   appends a job (texts, role, an ``asyncio.Future``) to a queue guarded by a ``threading.Condition`` and
   returns at once; the handler awaits the future, so thousands of requests can wait without a thread each.
-* One worker thread owns the model *and its tokenizer*: it tokenizes new jobs, picks the role of the oldest
-  job and takes queued texts of that role in arrival order (splitting big requests), up to a window of
-  ``window_batches * max_batch_size`` texts. It sorts the window by length and runs it as forward passes of
-  at most ``max_batch_size`` texts and ``max_batch_tokens`` padded tokens, exactly as offline ``encode``
-  plans its batches, and after each pass resolves the futures of the jobs whose last row it held, with
-  one ``loop.call_soon_threadsafe`` per event loop. Only one forward pass runs at a time: on CPU a second
-  one would fight the first for cores and memory bandwidth, on GPU it would double activation memory,
-  and Hugging Face fast tokenizers raise "Already borrowed" when two threads use one at once.
+* Worker threads (``workers``, one by default) share the model. A free worker tokenizes new jobs (one
+  worker at a time: Hugging Face fast tokenizers raise "Already borrowed" when two threads use one at
+  once), picks the role of the oldest job and takes queued texts of that role in arrival order (splitting
+  big requests), up to a window of ``window_batches * max_batch_size`` texts. It sorts the window by
+  length and runs it as forward passes of at most ``max_batch_size`` texts and ``max_batch_tokens`` padded
+  tokens, exactly as offline ``encode`` plans its batches, and after each pass resolves the futures of the
+  jobs whose last row it held, with one ``loop.call_soon_threadsafe`` per event loop.
+* When more than one worker pays, on CPU: with one, the model stands idle while a pass's answers go out
+  and the clients' next requests come in (6-11 ms per pass for 32 one-text clients), and torch's idle
+  OpenMP threads spin through that gap. Two workers with one torch thread each overlap one's gap with the
+  other's pass, and two single-threaded passes of 16 texts ran as fast as one two-threaded pass of 32 (437
+  against 426 texts/s on 2 cores). On the 2-core box that gave 7% more texts/s with 8 texts per request but
+  2% fewer with 1 (docs/performance.md), so one worker stays the default. A worker takes at most its fair
+  part of the texts in flight and hands free workers the rest, so one big request runs on all of them and
+  closed-loop cohorts stay equal. On GPU one worker is right: a second pass would only queue behind the
+  first and double activation memory.
 * While the model runs, new requests queue up, so under load every batch is as full as the queue allows.
   ``max_wait_s`` only holds back a batch that is not yet full, counted from when its oldest request arrived
-  or the last forward pass ended, whichever is later: once the model is free, a batch waits at most that
-  long. Right after a pass (within ``max_wait_s`` of its end) the worker expects the clients it just
-  answered to send again (a closed loop, as with a fixed pool of callers), so it stops waiting as soon as
-  as many texts are queued as the pass took plus those that were already waiting when its answers went
-  out, rather than only at a full batch. A lone client sending one request after another thus never
-  waits for company. Without this, N closed-loop clients split into two cohorts that take turns, each
-  pass holding about N/2 texts, and small passes are slow: on CPU a pass of 16 short texts ran at 360
-  texts/s, one of 32 at 420 (32 clients with one text each: 0.60 of offline ``encode`` before, 0.66-0.69
-  after; see docs/performance.md). Work that arrives faster than the model runs (the queue already holds
-  a full batch) never waits.
+  or the worker's last window ended, whichever is later: once a worker is free, its batch waits at most
+  that long. After a window the worker expects the clients it just answered to send again (a closed loop,
+  as with a fixed pool of callers), so it stops waiting as soon as as many texts are queued as the window
+  took (plus those that were already waiting when its answers went out, see ``_claim``), rather than only
+  at a full batch. A lone client sending one request after another thus never waits for company. Without
+  this, N closed-loop clients on one worker split into two cohorts that take turns, each pass holding
+  about N/2 texts, and on one two-threaded worker small passes are slow: a pass of 16 short texts ran at
+  360 texts/s, one of 32 at 420 (32 clients with one text each: 0.60 of offline ``encode`` before, 0.66-0.69
+  after; see docs/performance.md). With two workers each keeps the cohort it had. Work that arrives faster
+  than the model runs (the queue already holds a full batch) never waits.
 * Admission control: the queue holds at most ``max_queue_texts`` texts; beyond that :meth:`submit` raises
   :class:`QueueFullError` immediately (the server answers 429) rather than letting latency grow without
   bound.
@@ -35,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -49,6 +58,8 @@ from piccolo_embed.types import Role
 
 log = logging.getLogger(__name__)
 
+# A worker expects the clients of its last window back if their first text comes within this many max_wait_s.
+RETURN_WINDOWS = 2
 TokenCounter = Callable[[Sequence[str], Role], list[int]]
 
 
@@ -151,8 +162,20 @@ class _Part:
     stop: int
 
 
+@dataclass(eq=False)
+class _Worker:
+    """One worker thread's view of the closed loop: its window and the clients it answered."""
+
+    last_done: float = float("-inf")  # when its last window finished
+    cutoff: float = float("-inf")  # when the first answers counted in ``returning`` went out
+    returning: int | None = None  # texts answered since it last took texts (their clients may send again)
+    running: bool = False  # it holds a window
+    window: int = 0  # texts of its current window whose answers have not gone out
+    waiting_for: int | None = None  # queued texts that wake it while it waits, or None if it does not wait
+
+
 class DynamicBatcher:
-    """Queue plus single worker thread that batches embedding requests (see the module docstring)."""
+    """Queue plus worker threads (one by default) that batch embedding requests (see the module docstring)."""
 
     def __init__(
         self,
@@ -165,11 +188,13 @@ class DynamicBatcher:
         window_batches: int = 4,
         count_tokens: TokenCounter | None = None,
         observer: BatchObserver | None = None,
+        workers: int = 1,
     ) -> None:
         """Create a stopped batcher; the worker starts on :meth:`start` or the first :meth:`submit`.
 
         Args:
-            model: Tokenizes and encodes; only the worker thread calls it.
+            model: Tokenizes and encodes; only the workers call it, one at a time for ``tokenize`` (and
+                ``count_tokens``) but concurrently for ``encode_ids`` when ``workers`` > 1.
             max_batch_size: Most texts per forward pass.
             max_batch_tokens: Most padded tokens (texts x longest) per forward pass.
             max_wait_s: Longest a not-yet-full batch waits for more requests.
@@ -180,7 +205,11 @@ class DynamicBatcher:
             count_tokens: Untruncated token counts (prefix and special tokens included), needed only for
                 ``truncate=False`` jobs.
             observer: Metrics sink.
+            workers: Worker threads, each running its own forward passes on the shared model (see the module
+                docstring for when more than one pays).
         """
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
         self.model = model
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
@@ -192,24 +221,32 @@ class DynamicBatcher:
         self._cond = threading.Condition()
         self._queue: deque[_Job] = deque()
         self._pending = 0  # texts in the queue not yet handed to a batch
-        self._last_done = float("-inf")  # when the last window finished
-        self._expected = 0  # texts expected back right after a window: its own plus those waiting at its end
-        self._wake_at = 1  # queued texts at which a submit wakes the waiting worker (see _wait_for_work)
+        self._workers = [_Worker() for _ in range(workers)]
+        self._wake_at: float = math.inf  # queued texts at which a submit wakes the waiting workers (_sleep)
+        self._tokenizing = threading.Lock()  # one worker tokenizes at a time: the tokenizer is not thread-safe
         self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def workers(self) -> int:
+        """How many worker threads run forward passes."""
+        return len(self._workers)
 
     @property
     def alive(self) -> bool:
-        """Whether the worker thread is running (or not yet started, which :meth:`submit` fixes)."""
-        return not self._stopping and (self._thread is None or self._thread.is_alive())
+        """Whether the worker threads are running (or not yet started, which :meth:`submit` fixes)."""
+        return not self._stopping and all(thread.is_alive() for thread in self._threads)
 
     def start(self) -> None:
-        """Start the worker thread (idempotent)."""
+        """Start the worker threads (idempotent)."""
         with self._cond:
-            if self._thread is not None or self._stopping:
+            if self._threads or self._stopping:
                 return
-            self._thread = threading.Thread(target=self._work, name="piccolo-embed-batcher", daemon=True)
-            self._thread.start()
+            for index, worker in enumerate(self._workers):
+                name = f"piccolo-embed-batcher-{index}"
+                self._threads.append(threading.Thread(target=self._work, args=(worker,), name=name, daemon=True))
+            for thread in self._threads:
+                thread.start()
 
     def close(self, timeout: float = 30.0) -> None:
         """Refuse new work, fail queued jobs with :class:`BatcherClosedError`, and join the worker."""
@@ -220,8 +257,9 @@ class DynamicBatcher:
             self._queue.clear()
             self._pending = 0
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def submit(self, texts: Sequence[str], role: Role, *, truncate: bool = True) -> asyncio.Future[Embedded]:
         """Queue ``texts`` and return a future for their vectors; call from the event loop.
@@ -246,59 +284,104 @@ class DynamicBatcher:
             self._queue.append(job)
             self._pending += job.size
             if self._pending >= self._wake_at:
-                self._cond.notify()
-        if self._thread is None:
+                self._cond.notify_all()
+        if not self._threads:
             self.start()
         return job.future
 
-    def _work(self) -> None:
-        while (fresh := self._wait_for_work()) is not None:
-            self._prepare(fresh)
-            parts = self._take()
-            if parts:
-                answered = self._execute(parts)
-                self._expect_back(sum(part.stop - part.start for part in parts), answered)
+    def _work(self, me: _Worker) -> None:
+        while self._wait_for_work(me):
+            with self._tokenizing:
+                self._prepare(self._untokenized())
+            parts = self._take(me)
+            if not parts:
+                continue
+            try:
+                self._execute(me, parts)
+            finally:
+                self._expect_back(me)
         log.debug("batcher worker stopped")
 
-    def _expect_back(self, texts: int, answered: float | None) -> None:
-        """After a window of ``texts``: the next batch waits (within ``max_wait_s``) for them to come back.
-
-        It also counts the texts that were already waiting when the window's first answers went out
-        (``answered``), but not those queued since: a client may have sent its next text before this runs,
-        and counting it twice would hold the next batch until ``max_wait_s`` ran out.
-        """
+    def _expect_back(self, me: _Worker) -> None:
+        """After a window: the worker's next batch waits (within ``max_wait_s``) for its clients to come back."""
         with self._cond:
-            self._last_done = time.monotonic()
-            cutoff = self._last_done if answered is None else answered
-            self._expected = texts + sum(job.size - job.cursor for job in self._queue if job.enqueued < cutoff)
+            me.running = False
+            me.last_done = time.monotonic()
 
-    def _wait_for_work(self) -> list[_Job] | None:
-        """Block until a batch is worth forming; return the jobs not yet tokenized, or ``None`` to stop.
+    def _target(self, me: _Worker) -> int:
+        """Under the lock: queued texts worth a batch now: a full one, or right after a pass its clients back."""
+        own = self._claim(me)
+        return self.max_batch_size if own is None else min(self.max_batch_size, own)
 
-        While it waits for a batch to fill, only the submit that reaches the target wakes it (``_wake_at``)
-        rather than every submit, each of which made the worker take the GIL from the event loop just to
-        count and sleep again. The gain is too small for whole benchmark runs to resolve; a test checks
-        that the completing submit still wakes it.
+    def _claim(self, me: _Worker) -> int | None:
+        """Under the lock: the texts ``me`` waits for, or ``None`` when it expects nobody back.
+
+        A worker claims the texts it has answered since it last took texts (``returning``): their clients
+        will send again. The first in line also claims the texts that were already waiting when its answers
+        went out, but not those queued since, which may be its own clients back already (counted twice, the
+        batch would wait for texts that never come until ``max_wait_s`` ran out). Only the first claims them,
+        so with several workers no text is claimed twice and each waits for as many texts as it answered.
+        """
+        return next((claim for worker, claim in self._line() if worker is me), None)
+
+    def _line(self) -> list[tuple[_Worker, int]]:
+        """Under the lock: the workers expecting texts (earliest answers first) and how many each claims."""
+        line = [(worker, worker.returning or 0) for worker in self._expecting()]
+        if line:
+            first, returning = line[0]
+            line[0] = (first, returning + sum(j.size - j.cursor for j in self._queue if j.enqueued < first.cutoff))
+        return line
+
+    def _expecting(self) -> list[_Worker]:
+        """Under the lock: workers expecting the clients of their window back, earliest answers first.
+
+        A worker expects its clients from the moment their answers go out (while it may still run the
+        window's other passes) until it takes its next window, or until the oldest queued text came more
+        than ``RETURN_WINDOWS * max_wait_s`` after those answers or the window's end: its clients were not
+        sending again at once (an idle spell), so a batch waits for company again. The allowance is wider
+        than ``max_wait_s`` because, while another worker's pass holds a core, the first returning text took
+        over 5 ms in one window in ten (32 one-text clients on 2 cores); it cannot delay a batch, only let it
+        start before its deadline.
+        """
+        first = self._queue[0].enqueued if self._queue else time.monotonic()
+        window = RETURN_WINDOWS * self.max_wait_s
+        line = [w for w in self._workers if w.returning is not None and first - max(w.cutoff, w.last_done) <= window]
+        return sorted(line, key=lambda worker: worker.cutoff)
+
+    def _wait_for_work(self, me: _Worker) -> bool:
+        """Block until a batch is worth forming; ``False`` means stop.
+
+        While it waits for a batch to fill, only the submit that reaches a waiting worker's target wakes the
+        workers (``_wake_at``) rather than every submit, each of which made a worker take the GIL from the
+        event loop just to count and sleep again. The gain is too small for whole benchmark runs to resolve; a
+        test checks that the completing submit still wakes it.
         """
         with self._cond:
             while not self._queue and not self._stopping:
-                self._cond.wait()
+                self._sleep(me, 1)
             if self._stopping:
-                return None
-            deadline = max(self._queue[0].enqueued, self._last_done) + self.max_wait_s
-            target = self.max_batch_size
-            if time.monotonic() - self._last_done <= self.max_wait_s:  # right after a pass: expect its clients back
-                target = min(target, self._expected)
-            self._wake_at = target
-            while not self._stopping and self._pending < target:
+                return False
+            deadline = max(self._queue[0].enqueued, me.last_done) + self.max_wait_s
+            while not self._stopping and self._pending < (target := self._target(me)):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                self._cond.wait(remaining)
-            self._wake_at = 1
-            if self._stopping:
-                return None
-            return [job for job in self._queue if job.ids is None]
+                self._sleep(me, target, remaining)
+            return not self._stopping
+
+    def _sleep(self, me: _Worker, target: int, timeout: float | None = None) -> None:
+        """Under the lock: wait for a notify (or ``timeout``) after asking to be woken at ``target`` texts."""
+        me.waiting_for = target
+        self._wake_at = min(w.waiting_for for w in self._workers if w.waiting_for is not None)
+        self._cond.wait(timeout)
+        me.waiting_for = None
+        waiting = [w.waiting_for for w in self._workers if w.waiting_for is not None]
+        self._wake_at = min(waiting, default=math.inf)
+
+    def _untokenized(self) -> list[_Job]:
+        """Queued jobs that still need token ids (call holding ``_tokenizing``, so no other worker takes them)."""
+        with self._cond:
+            return [job for job in self._queue if job.ids is None and not job.failed]
 
     def _prepare(self, jobs: list[_Job]) -> None:
         """Tokenize new jobs outside the lock (submitters never wait on tokenization).
@@ -334,16 +417,52 @@ class DynamicBatcher:
             return
         job.ids = ids
 
-    def _take(self) -> list[_Part]:
-        """Under the lock: drop dead jobs, then take a window of texts of the oldest job's role."""
+    def _take(self, me: _Worker) -> list[_Part]:
+        """Under the lock: drop dead jobs, then take this worker's share of the oldest job's role."""
         with self._cond:
             self._purge()
-            parts = self._fill(self._queue[0].role) if self._queue else []
+            free = [w for w in self._workers if w is not me and not w.running and w.returning is None]
+            parts = self._fill(self._queue[0].role, self._share(me)) if self._queue else []
             self._queue = deque(job for job in self._queue if job.cursor < job.size)
             self._pending -= sum(part.stop - part.start for part in parts)
+            if parts or me.returning == 0:  # a hand-over that found nothing left expects nothing more
+                me.running, me.returning = bool(parts), None
+                me.window = sum(part.stop - part.start for part in parts)
+            if parts and self._pending and free:
+                self._hand_over(free)
             if self.observer is not None:
                 self.observer.queue_depth(self._pending)
             return parts
+
+    def _share(self, me: _Worker) -> int:
+        """Under the lock: how many texts the taking worker may take, leaving the other workers their part.
+
+        One worker takes up to ``window_texts``, but with several no more than its fair part of all texts in
+        flight: claimed (``_claim``), queued unclaimed, or in other workers' passes. So a big request runs on
+        all free workers at once, closed-loop cohorts keep equal sizes, and cohorts that came out unequal even
+        out instead of one worker running big passes while another idles.
+        """
+        claimed = sum(claim for _, claim in self._line())
+        in_passes = sum(worker.window for worker in self._workers if worker is not me)
+        fair = -(-(max(claimed, self._pending) + in_passes) // len(self._workers))
+        return min(self.window_texts, self._whole_batches(max(1, fair)))
+
+    def _whole_batches(self, texts: int) -> int:
+        """``texts`` rounded up to whole batches once over one batch, so a share does not end in a small pass."""
+        if texts <= self.max_batch_size:
+            return texts
+        return -(-texts // self.max_batch_size) * self.max_batch_size
+
+    def _hand_over(self, free: list[_Worker]) -> None:
+        """Under the lock: let free workers take the texts left to them now rather than wait for company.
+
+        The batch they belong to was due (its target reached or its deadline passed); each free worker now
+        claims the texts waiting, as if it had just answered them, and is woken.
+        """
+        now = time.monotonic()
+        for worker in free:
+            worker.returning, worker.last_done, worker.cutoff = 0, now, now
+        self._cond.notify_all()
 
     def _purge(self) -> None:
         """Under the lock: drop failed jobs and those whose request gave up (cancelled future)."""
@@ -353,10 +472,9 @@ class DynamicBatcher:
                 job.cursor = job.size
         self._queue = deque(job for job in self._queue if job.cursor < job.size)
 
-    def _fill(self, role: Role) -> list[_Part]:
-        """Texts of ``role`` in arrival order, up to ``window_texts`` (a big request may be split)."""
+    def _fill(self, role: Role, room: int) -> list[_Part]:
+        """Texts of ``role`` in arrival order, up to ``room`` (a big request may be split)."""
         parts: list[_Part] = []
-        room = self.window_texts
         for job in self._queue:
             if room == 0:
                 break
@@ -368,16 +486,12 @@ class DynamicBatcher:
             parts.append(_Part(job, start, job.cursor))
         return parts
 
-    def _execute(self, parts: list[_Part]) -> float | None:
+    def _execute(self, me: _Worker, parts: list[_Part]) -> None:
         """Run a window: length-sorted forward passes, each request settled as soon as its last row is done.
 
         Sorting the whole window (as offline ``encode`` sorts its input) keeps padding low when many texts
         wait; with few texts in flight the window is a single pass.
-
-        Returns:
-            When the window's first answers went out, or ``None`` if no pass succeeded.
         """
-        answered = None
         rows = [(part.job, i) for part in parts for i in range(part.start, part.stop)]
         lengths = [len(job.ids[i]) for job, i in rows]  # type: ignore[index]
         started = time.monotonic()
@@ -385,18 +499,13 @@ class DynamicBatcher:
         plan = plan_batches(lengths, max_batch_size=self.max_batch_size, max_batch_tokens=self.max_batch_tokens)
         for batch in plan:
             members = [rows[k] for k in batch if not rows[k][0].failed and not rows[k][0].future.done()]
+            self._answered(me, len(batch) - len(members))  # rows of failed or abandoned requests
             if members:
-                settled_at = self._forward(members, waits)
-                answered = settled_at if answered is None else answered
+                self._forward(me, members, waits)
                 waits = []  # a request's queue wait is counted once, at its window's first pass
-        return answered
 
-    def _forward(self, members: list[tuple[_Job, int]], waits: list[float]) -> float | None:
-        """One forward pass over ``members`` (job, row) pairs; failures go to the jobs involved.
-
-        Returns:
-            When its answers went out, or ``None`` if the pass failed.
-        """
+    def _forward(self, me: _Worker, members: list[tuple[_Job, int]], waits: list[float]) -> None:
+        """One forward pass over ``members`` (job, row) pairs; failures go to the jobs involved."""
         ids = [job.ids[i] for job, i in members]  # type: ignore[index]
         started = time.monotonic()
         try:
@@ -405,8 +514,9 @@ class DynamicBatcher:
             )
         except Exception as err:  # any model failure must reach the waiting requests, not kill the worker
             log.exception("batch of %d texts failed", len(ids))
+            self._answered(me, len(members))
             self._fail({id(job): job for job, _ in members}.values(), err)
-            return None
+            return
         if self.observer is not None:
             self.observer.batch_done(
                 texts=len(ids),
@@ -416,9 +526,17 @@ class DynamicBatcher:
                 seconds=time.monotonic() - started,
             )
         finished = [job for (job, i), vector in zip(members, vectors, strict=True) if _deliver(job, i, vector)]
-        settled_at = time.monotonic()  # taken before the answers go out: later requests may be their clients'
+        self._answered(me, len(members))  # before the answers go out: later requests may be their clients'
         _settle_together(finished)
-        return settled_at
+
+    def _answered(self, me: _Worker, texts: int) -> None:
+        """Before ``texts`` answers go out: the worker now expects their clients back (they may send at once)."""
+        if texts:
+            with self._cond:
+                me.window -= texts
+                if me.returning is None:
+                    me.returning, me.cutoff = 0, time.monotonic()
+                me.returning += texts
 
     def _fail(self, jobs: Iterable[_Job], err: Exception) -> None:
         with self._cond:

@@ -1,7 +1,7 @@
 """Prometheus metrics written by hand (text exposition format 0.0.4), so the server needs no extra dependency.
 
 Three small types cover what we export: counters, gauges and histograms, each optionally labelled. The
-request path and the batching worker thread both update them, so every update takes one short lock.
+request path and the batching worker threads update them, so every update takes one short lock.
 """
 
 from __future__ import annotations

@@ -32,6 +32,8 @@ class ServerSettings:
         max_queue_texts: Most texts waiting for the model; beyond it requests get 429 at once.
         request_timeout_s: Longest a request waits for its vectors before a 503.
         api_key: When set, every route but ``/health`` needs ``Authorization: Bearer <api_key>``.
+        workers: Batching worker threads, each running forward passes on the shared model (see
+            :mod:`piccolo_embed.serving.batcher` for when more than one pays).
     """
 
     model_name: str = ""
@@ -45,6 +47,7 @@ class ServerSettings:
     max_queue_texts: int = 4096
     request_timeout_s: float = 60.0
     api_key: str | None = None
+    workers: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "default_role", Role.coerce(self.default_role))
@@ -56,6 +59,7 @@ class ServerSettings:
             "max_batch_tokens",
             "max_queue_texts",
             "request_timeout_s",
+            "workers",
         )
         for name in positive:
             if getattr(self, name) <= 0:
