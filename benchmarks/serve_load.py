@@ -374,11 +374,11 @@ def main() -> int:
     before = offline_rates(embedder, texts, args, threads)
     port = free_port()
     server = start_server(args, port)
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/info", timeout=10) as response:
-        workers = int(json.load(response)["limits"]["workers"])
     phases = {size: argparse.Namespace(**{**vars(args), "texts_per_request": size}) for size in args.texts_per_request}
     loads: dict[int, tuple[Tally, dict[str, float]]] = {}
     try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/info", timeout=10) as response:
+            workers = int(json.load(response)["limits"]["workers"])
         for size, phase in phases.items():
             loads[size] = asyncio.run(run_load(port, texts, phase))
     finally:

@@ -115,8 +115,8 @@ def _set_threads(threads: int | None, workers: int | None) -> int:
 
     Worker threads pick torch's setting up when they first run a pass. Why one worker by default: on the
     2-core box two workers of one thread each served 7% more texts/s than one of two threads with 8 texts
-    per request, but 2% fewer with 1 text per request, the case of the server's acceptance test; more cores
-    were not measured (docs/performance.md).
+    per request, but 2% fewer with 1 text per request, the case the server's acceptance test most likely
+    means; more cores were not measured (docs/performance.md).
     """
     import torch
 

@@ -87,7 +87,7 @@ def untruncated_counter(model: ServedModel) -> TokenCounter:
 
 
 def build_app(model: ServedModel, settings: ServerSettings | None = None, *, fast_routes: bool = True) -> FastAPI:
-    """Create the app; the batching worker starts with the app's lifespan (or on the first request).
+    """Create the app; the batching workers start with the app's lifespan (or on the first request).
 
     Args:
         model: What to serve.

@@ -310,6 +310,8 @@ class DynamicBatcher:
 
     def _target(self, me: _Worker) -> int:
         """Under the lock: queued texts worth a batch now: a full one, or right after a pass its clients back."""
+        if self._pending >= self.max_batch_size:  # a full batch waits: skip counting the claims (a queue walk)
+            return self.max_batch_size
         own = self._claim(me)
         return self.max_batch_size if own is None else min(self.max_batch_size, own)
 
