@@ -7,9 +7,11 @@
 
 The server runs in a child process (as in production); the clients are asyncio tasks in this process.
 Batching efficiency = server texts/s / offline encode texts/s, both on the same texts in the same run.
-Offline throughput is sampled several times before and after the load phase, with 1 torch thread and with
-torch's default; the thread count with the best median is the baseline, and the efficiency against that
-count's fastest single run is printed too (the machine may be shared, so single runs are noisy). The server's
+Offline throughput is sampled several times right before and right after each load phase (the server up
+and idle), with 1 torch thread and with torch's default; the thread count with the best median over those
+two brackets is that phase's baseline, and the efficiency against that count's fastest single run is
+printed too. Why brackets per phase: on a shared machine the offline speed drifts by 5-10% within minutes,
+and a baseline measured minutes away from a phase compared it with another machine. The server's
 share of busy time is per batching worker (``/info`` says how many it runs).
 
 Each request carries what the ``openai`` package sends (``input``, ``model``, and ``encoding_format`` base64,
@@ -371,7 +373,6 @@ def main() -> int:
     )
     server_threads = args.threads or torch.get_num_threads()  # the server's own default
     threads = sorted({1, torch.get_num_threads(), server_threads})
-    before = offline_rates(embedder, texts, args, threads)
     port = free_port()
     server = start_server(args, port)
     phases = {size: argparse.Namespace(**{**vars(args), "texts_per_request": size}) for size in args.texts_per_request}
@@ -379,17 +380,18 @@ def main() -> int:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/info", timeout=10) as response:
             workers = int(json.load(response)["limits"]["workers"])
+        brackets = [offline_rates(embedder, texts, args, threads)]  # the server is up and idle
         for size, phase in phases.items():
             loads[size] = asyncio.run(run_load(port, texts, phase))
+            brackets.append(offline_rates(embedder, texts, args, threads))
     finally:
         server.terminate()
         server.wait(30)
-    after = offline_rates(embedder, texts, args, threads)
     print(f"load average after the run: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
-    offline = {count: before[count] + after[count] for count in threads}
     results = {}
-    for size, (tally, delta) in loads.items():
+    for (size, (tally, delta)), before, after in zip(loads.items(), brackets[:-1], brackets[1:], strict=True):
         print(f"\n--- {args.clients} clients x {size} text(s) per request")
+        offline = {count: before[count] + after[count] for count in threads}
         results[size] = report(phases[size], tally, delta, offline, workers)
     summary(results)
     return 1 if any(tally.errors for tally, _ in loads.values()) else 0
