@@ -177,8 +177,9 @@ class UnpaddedRunner:
         """Masked SDPA in the padded layout; packed Q/K/V are scattered into it and the real rows gathered back.
 
         A packed pass scatters every layer into the same zeroed ``scratch``: the pad rows are the same in all
-        layers and never written, so they stay zero, and zeroing once per pass instead of once per layer made
-        passes of 32 one-text requests about 3% faster (same vectors, bit for bit).
+        layers and never written, so they stay zero (masked keys, but a NaN of uninitialised memory would
+        still leak through the softmax). Zeroing once per pass instead of once per layer saved about 1% of a
+        pass of 32 short texts (same vectors, bit for bit; ``docs/performance.md``).
         """
         size = qkv.shape[1] // 3
         if scratch is not None:  # packed
