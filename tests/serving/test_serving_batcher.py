@@ -556,3 +556,30 @@ def test_clients_that_think_a_little_longer_than_max_wait_are_still_expected_bac
         batcher.close()
     assert [sorted(texts) for texts, _ in model.calls] == [["乙", "甲"]] * 6
     assert elapsed < 2.0  # 5 x 0.3 s of thinking; waiting for the deadline would add 0.2 s to rounds 2-5
+
+
+def test_clients_answered_by_a_windows_first_pass_are_expected_from_that_moment() -> None:
+    """A window of four runs as two passes of two; the first pass's clients are back before the window ends.
+
+    A worker's claim starts when its answers go out, so those two texts count as its own returning clients
+    and it starts the next window once all four are back. Had the claim started at the window's end, the two
+    would also count as texts that were already waiting: it would wait for six until ``max_wait_s`` (1 s).
+    """
+    model = FakeModel()
+    _slow_passes(model, 0.03)
+    # one-character texts are 3 tokens: a budget of 6 padded tokens makes passes of two
+    batcher = DynamicBatcher(model, max_batch_size=8, max_batch_tokens=6, max_wait_s=1.0)
+    texts = "甲乙丙丁"
+
+    async def scenario() -> float:
+        await asyncio.gather(*(batcher.submit([text], Role.NONE) for text in texts))  # waits for the deadline
+        started = time.monotonic()
+        await asyncio.gather(*(_client(batcher, text, 6) for text in texts))
+        return time.monotonic() - started
+
+    try:
+        elapsed = run(scenario())
+    finally:
+        batcher.close()
+    assert [len(texts) for texts, _ in model.calls] == [2] * 14
+    assert elapsed < 0.9  # 6 windows of two 30 ms passes; one wait for the deadline takes 1 s
