@@ -4,6 +4,7 @@
     python benchmarks/serve_load.py --model DIR --clients 32 --duration 20 --texts-per-request 1
     python benchmarks/serve_load.py --engine onnx-int8 --texts-per-request 8   # server and baseline on int8 ONNX
     python benchmarks/serve_load.py --workers 1          # one batching worker with all torch threads
+    python benchmarks/serve_load.py --threads 1          # the model on one core, HTTP and clients on the rest
 
 The server runs in a child process (as in production); the clients are asyncio tasks in this process.
 Batching efficiency = server texts/s / offline encode texts/s, both on the same texts in the same run.
@@ -290,9 +291,20 @@ async def run_load(port: int, texts: list[str], args: argparse.Namespace) -> tup
 
 
 def report(
-    args: argparse.Namespace, tally: Tally, delta: dict[str, float], offline: dict[int, list[float]], workers: int
+    args: argparse.Namespace,
+    tally: Tally,
+    delta: dict[str, float],
+    offline: dict[int, list[float]],
+    server: tuple[int, int],
 ) -> dict[str, float]:
-    """Print one load phase's results (and a JSON line); server-side figures cover the measured window only."""
+    """Print one load phase's results (and a JSON line); server-side figures cover the measured window only.
+
+    ``server`` is (batching workers, torch threads). The headline efficiency compares with the best offline
+    thread count. When the server runs fewer threads (``--threads``), the cores it leaves free serve HTTP
+    and the clients, and the efficiency against offline on the server's own thread count is printed as
+    well: that one isolates what batching costs from what sharing the cores with HTTP costs.
+    """
+    workers, server_threads = server
     requests = len(tally.latencies)
     lat = np.array(tally.latencies or [float("nan")]) * 1000
     server_rate = tally.texts / args.duration
@@ -319,11 +331,23 @@ def report(
         "batching_efficiency": server_rate / medians[threads],
         "efficiency_vs_fastest_offline_run": server_rate / max(offline[threads]),
     }
+    if server_threads < threads and server_threads in medians:
+        r["efficiency_vs_same_threads"] = server_rate / medians[server_threads]
+    print_phase(r, offline, tally, server_threads)
+    print("json:", json.dumps({k: round(v, 4) for k, v in r.items()}))
+    return r
+
+
+def print_phase(r: dict[str, float], offline: dict[int, list[float]], tally: Tally, server_threads: int) -> None:
+    """The human-readable lines of one phase's results (``report`` adds the JSON line)."""
+    medians = {count: float(np.median(rates)) for count, rates in offline.items()}
+    threads, server_rate, workers = int(r["offline_threads"]), r["texts_per_s"], int(r["workers"])
     for count, rates in offline.items():
         runs = ", ".join(f"{rate:.1f}" for rate in rates)
         print(f"offline encode, {count} torch thread(s): median {medians[count]:.1f} texts/s (runs: {runs})")
     print(f"server: {r['requests_per_s']:.1f} requests/s, {server_rate:.1f} texts/s")
-    print(f"latency: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms; errors: {tally.errors} of {requests}")
+    errors = f"errors: {tally.errors} of {len(tally.latencies)}"
+    print(f"latency: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms; {errors}")
     print(
         f"server batches: mean {r['mean_batch_texts']:.1f} texts from {r['mean_batch_requests']:.1f} requests, "
         f"mean queue wait {r['mean_queue_wait_ms']:.1f} ms; {workers} worker(s), each busy "
@@ -334,10 +358,13 @@ def report(
         f"{r['batching_efficiency']:.3f}; against the fastest offline run: "
         f"{r['efficiency_vs_fastest_offline_run']:.3f}"
     )
+    if "efficiency_vs_same_threads" in r:
+        print(
+            f"against offline on the server's {server_threads} thread(s) (the other cores serve HTTP and the "
+            f"clients): {server_rate:.1f} / {medians[server_threads]:.1f} = {r['efficiency_vs_same_threads']:.3f}"
+        )
     for sample in tally.error_samples:
         print(f"error sample: {sample}")
-    print("json:", json.dumps({k: round(v, 4) for k, v in r.items()}))
-    return r
 
 
 def summary(results: dict[int, dict[str, float]]) -> None:
@@ -392,7 +419,7 @@ def main() -> int:
     for (size, (tally, delta)), before, after in zip(loads.items(), brackets[:-1], brackets[1:], strict=True):
         print(f"\n--- {args.clients} clients x {size} text(s) per request")
         offline = {count: before[count] + after[count] for count in threads}
-        results[size] = report(phases[size], tally, delta, offline, workers)
+        results[size] = report(phases[size], tally, delta, offline, (workers, server_threads))
     summary(results)
     return 1 if any(tally.errors for tally, _ in loads.values()) else 0
 
