@@ -1,5 +1,7 @@
 """The server load benchmark runs end to end on a clean clone (tiny model, generated texts, short phases)."""
 
+import argparse
+import importlib.util
 import re
 import subprocess
 import sys
@@ -33,3 +35,24 @@ def test_short_run_reports_every_phase_without_errors(tiny_bert_dir, tmp_path):
     rows = re.findall(r"^\s+(\d+)\s+[\d.]+\s+([\d.]+)\s.*\s([\d.]+) (\d+)$", done.stdout, flags=re.MULTILINE)
     assert [(size, errors) for size, _, _, errors in rows] == [("1", "0"), ("3", "0")]
     assert all(float(texts_per_s) > 0 and float(efficiency) > 0 for _, texts_per_s, efficiency, _ in rows)
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("serve_load", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["serve_load"] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(("server_threads", "expected"), [(1, 30 / 40), (2, None)])
+def test_report_adds_same_threads_efficiency_only_for_a_server_on_fewer_threads(server_threads, expected, capsys):
+    bench = _load_bench()
+    tally = bench.Tally(latencies=[0.1] * 30, texts=30)
+    args = argparse.Namespace(duration=1.0)
+    offline = {1: [40.0, 40.0], 2: [60.0, 50.0, 70.0]}  # medians 40 and 60: 2 threads is the headline baseline
+    r = bench.report(args, tally, {}, offline, (1, server_threads))
+    assert r["batching_efficiency"] == pytest.approx(30 / 60)
+    assert r.get("efficiency_vs_same_threads") == (None if expected is None else pytest.approx(expected))
+    printed = "against offline on the server's 1 thread(s)" in capsys.readouterr().out
+    assert printed == (expected is not None)
