@@ -333,20 +333,25 @@ def report(
     }
     if server_threads < threads and server_threads in medians:
         r["efficiency_vs_same_threads"] = server_rate / medians[server_threads]
-    print_phase(r, offline, tally, server_threads)
+    print_phase(r, offline, medians, tally, server_threads)
     print("json:", json.dumps({k: round(v, 4) for k, v in r.items()}))
     return r
 
 
-def print_phase(r: dict[str, float], offline: dict[int, list[float]], tally: Tally, server_threads: int) -> None:
+def print_phase(
+    r: dict[str, float],
+    offline: dict[int, list[float]],
+    medians: dict[int, float],
+    tally: Tally,
+    server_threads: int,
+) -> None:
     """The human-readable lines of one phase's results (``report`` adds the JSON line)."""
-    medians = {count: float(np.median(rates)) for count, rates in offline.items()}
     threads, server_rate, workers = int(r["offline_threads"]), r["texts_per_s"], int(r["workers"])
     for count, rates in offline.items():
         runs = ", ".join(f"{rate:.1f}" for rate in rates)
         print(f"offline encode, {count} torch thread(s): median {medians[count]:.1f} texts/s (runs: {runs})")
     print(f"server: {r['requests_per_s']:.1f} requests/s, {server_rate:.1f} texts/s")
-    errors = f"errors: {tally.errors} of {len(tally.latencies)}"
+    errors = f"errors: {tally.errors} of {r['requests']:.0f}"
     print(f"latency: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms; {errors}")
     print(
         f"server batches: mean {r['mean_batch_texts']:.1f} texts from {r['mean_batch_requests']:.1f} requests, "

@@ -1,22 +1,12 @@
 """The throughput benchmark's arithmetic: FLOPs from the config, and a text mix that nothing truncates."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 from transformers import AutoModel
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "encode_throughput.py"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("encode_throughput", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark):
+    return load_benchmark("encode_throughput")
 
 
 def test_flops_count_every_non_embedding_weight_twice_plus_attention(bench, tiny_bert_dir):

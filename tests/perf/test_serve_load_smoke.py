@@ -1,7 +1,6 @@
 """The server load benchmark runs end to end on a clean clone (tiny model, generated texts, short phases)."""
 
 import argparse
-import importlib.util
 import re
 import subprocess
 import sys
@@ -37,17 +36,11 @@ def test_short_run_reports_every_phase_without_errors(tiny_bert_dir, tmp_path):
     assert all(float(texts_per_s) > 0 and float(efficiency) > 0 for _, texts_per_s, efficiency, _ in rows)
 
 
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("serve_load", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["serve_load"] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize(("server_threads", "expected"), [(1, 30 / 40), (2, None)])
-def test_report_adds_same_threads_efficiency_only_for_a_server_on_fewer_threads(server_threads, expected, capsys):
-    bench = _load_bench()
+def test_report_adds_same_threads_efficiency_only_for_a_server_on_fewer_threads(
+    server_threads, expected, capsys, load_benchmark
+):
+    bench = load_benchmark("serve_load")
     tally = bench.Tally(latencies=[0.1] * 30, texts=30)
     args = argparse.Namespace(duration=1.0)
     offline = {1: [40.0, 40.0], 2: [60.0, 50.0, 70.0]}  # medians 40 and 60: 2 threads is the headline baseline
