@@ -1,7 +1,14 @@
-"""Training throughput: ``piccolo-embed train`` vs a plain sentence-transformers run with the same settings.
+"""Training throughput: ``piccolo-embed train`` vs a plain sentence-transformers run, or fp32 vs bf16 autocast.
 
     python benchmarks/train_throughput.py --model runs/cpu_full/starter-trimmed      # lcsts, 64 pairs/step
     python benchmarks/train_throughput.py --quick --model tiny                       # smoke run, ~1 min
+    python benchmarks/train_throughput.py --compare precision --model DIR            # ours in fp32 vs bf16 (AMX)
+    python benchmarks/train_throughput.py --compare precision --loss-steps 100 --model DIR   # loss agreement
+
+``--compare precision`` times our trainer in fp32 and under bf16 autocast (fp32 master weights and AdamW) with
+every other setting equal. ``--loss-steps N`` instead trains N steps per precision with two seeds each and prints
+the loss curves in windows of 10 steps: bf16 agrees with fp32 when its gap to fp32 (same seed) is within the gap
+between the two fp32 seeds, the run-to-run noise.
 
 Both engines train the same model on the same pairs: batch size, max length (128), prefixes, learning rate,
 warm-up, weight decay, gradient clipping, AdamW, fp32, in-batch negatives with the same temperature
@@ -47,6 +54,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=4, help="rounds in ABBA order (even: each engine half)")
     parser.add_argument("--quick", action="store_true", help="2 rounds of 6 steps, batch 16")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--compare", choices=["st", "precision"], default="st", help="what to set against ours")
+    parser.add_argument("--loss-steps", type=int, default=0, help="precision only: loss agreement over N steps")
     args = parser.parse_args()
     if args.quick:
         args.steps, args.rounds, args.batch_size, args.skip = 6, 2, 16, 1
@@ -72,8 +81,10 @@ def model_dir(spec: str, workdir: Path) -> Path:
     return build_tiny_bert(workdir / "tiny")
 
 
-def run_ours(args: argparse.Namespace, model: Path, out: Path) -> list[float]:
-    """One round of our trainer; per-step seconds from its ``log.jsonl`` (logged every step)."""
+def run_ours(
+    args: argparse.Namespace, model: Path, out: Path, precision: str = "fp32", seed: int = 42
+) -> list[dict[str, float]]:
+    """One round of our trainer; its ``log.jsonl`` entries (logged every step)."""
     from piccolo_embed.training.config import TrainConfig
     from piccolo_embed.training.run import train_from_config
 
@@ -95,13 +106,23 @@ def run_ours(args: argparse.Namespace, model: Path, out: Path) -> list[float]:
                 "max_steps": args.steps,
                 "warmup_steps": 2,
                 "log_every": 1,
-                "precision": "fp32",
+                "precision": precision,
+                "seed": seed,
             },
         }
     )
     train_from_config(config)
-    entries = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    return [args.batch_size / entry["pairs_per_s"] for entry in entries if "pairs_per_s" in entry]
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def ours_seconds(precision: str) -> Callable[[argparse.Namespace, Path, Path], list[float]]:
+    """Per-step seconds of our trainer at ``precision``."""
+
+    def run(args: argparse.Namespace, model: Path, out: Path) -> list[float]:
+        entries = run_ours(args, model, out, precision)
+        return [args.batch_size / entry["pairs_per_s"] for entry in entries if "pairs_per_s" in entry]
+
+    return run
 
 
 def run_st(args: argparse.Namespace, model: Path, out: Path) -> list[float]:
@@ -157,12 +178,45 @@ def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
 
 
+def loss_agreement(args: argparse.Namespace) -> int:
+    """Loss curves of fp32 and bf16, two seeds each, in windows of 10 steps."""
+    curves: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        model = model_dir(args.model, Path(tmp))
+        args.steps = args.loss_steps
+        for seed in (1, 2):
+            for precision in ("fp32", "bf16"):
+                entries = run_ours(args, model, Path(tmp) / f"{precision}-{seed}", precision, seed)
+                curves[f"{precision}/{seed}"] = [entry["loss"] for entry in entries]
+    windows = range(0, args.loss_steps, 10)
+    print(f"{'steps':>9s} " + " ".join(f"{name:>9s}" for name in curves) + "  bf16-fp32  seed2-seed1 (fp32)")
+    gaps, noise = [], []
+    for start in windows:
+        mean = {name: statistics.fmean(values[start : start + 10]) for name, values in curves.items()}
+        gap = statistics.fmean([mean["bf16/1"] - mean["fp32/1"], mean["bf16/2"] - mean["fp32/2"]])
+        gaps.append(abs(gap))
+        noise.append(abs(mean["fp32/2"] - mean["fp32/1"]))
+        cells = " ".join(f"{value:9.4f}" for value in mean.values())
+        print(f"{start + 1:4d}-{start + 10:<4d} {cells}  {gap:+9.4f}  {mean['fp32/2'] - mean['fp32/1']:+10.4f}")
+    print(f"mean |bf16 - fp32| {statistics.fmean(gaps):.4f}; mean |fp32 seed 2 - seed 1| {statistics.fmean(noise):.4f}")
+    if args.json:
+        args.json.write_text(json.dumps({"loss_curves": curves, "args": vars(args)}, default=str, indent=2))
+    return 0
+
+
 def main() -> int:
     args = parse_args()
-    engines: dict[str, Callable[[argparse.Namespace, Path, Path], list[float]]] = {"ours": run_ours, "st": run_st}
-    order = [("ours", "st") if r % 2 == 0 else ("st", "ours") for r in range(args.rounds)]
+    if args.compare == "precision" and args.loss_steps:
+        return loss_agreement(args)
+    engines: dict[str, Callable[[argparse.Namespace, Path, Path], list[float]]]
+    if args.compare == "precision":
+        engines = {"fp32": ours_seconds("fp32"), "bf16": ours_seconds("bf16")}
+    else:
+        engines = {"st": run_st, "ours": ours_seconds("fp32")}
+    first, second = engines
+    order = [(first, second) if r % 2 == 0 else (second, first) for r in range(args.rounds)]
     before = uptime()
-    step_seconds: dict[str, list[float]] = {"ours": [], "st": []}
+    step_seconds: dict[str, list[float]] = {name: [] for name in engines}
     with tempfile.TemporaryDirectory() as tmp:
         model = model_dir(args.model, Path(tmp))
         for round_, names in enumerate(order):
@@ -181,7 +235,8 @@ def main() -> int:
     print(f"{'engine':6s} {'pairs/s':>8s} {'s/step':>7s} {'steps':>6s}")
     for name, values in step_seconds.items():
         print(f"{name:6s} {rate[name]:8.1f} {statistics.median(values):7.2f} {len(values):6d}")
-    print(f"ours / st: {rate['ours'] / rate['st']:.2f}x pairs/s\nuptime before: {before}\nuptime after:  {after}")
+    print(f"{second} / {first}: {rate[second] / rate[first]:.2f}x pairs/s")
+    print(f"uptime before: {before}\nuptime after:  {after}")
     if args.json:
         args.json.write_text(
             json.dumps({"pairs_per_s": rate, "step_seconds": step_seconds, "args": vars(args)}, default=str, indent=2)

@@ -88,6 +88,6 @@ def test_use_model_repoints_every_inner_loss(tiny_st) -> None:
     wrapper = torch.nn.Sequential(tiny_st)  # stands in for DDP: a module that is not a SentenceTransformer
     hybrid.use_model(wrapper)
     inner = [m for m in hybrid.losses.modules() if type(m).__name__.endswith("Loss")]
-    assert len(inner) == 4  # Matryoshka(MNRL), Matryoshka(CoSENT)
+    assert len(inner) == 6  # Matryoshka(MNRL), Matryoshka(CoSENT), Matryoshka(label contrast)
     assert all(m.model is wrapper for m in inner)
     assert wrapper.get_embedding_dimension() == tiny_st.get_embedding_dimension()

@@ -38,9 +38,14 @@ def scored_file(tmp_path: Path) -> Path:
 def make_config(tiny_bert_dir: Path, pairs_file: Path, scored_file: Path, tmp_path: Path) -> Callable[..., TrainConfig]:
     """A config dict on the tiny model; keyword arguments override ``training`` keys."""
 
-    def build(output: str = "run", **training: Any) -> TrainConfig:
+    def build(output: str = "run", model_overrides: dict[str, Any] | None = None, **training: Any) -> TrainConfig:
         raw = {
-            "model": {"name": str(tiny_bert_dir), "query_max_length": 16, "passage_max_length": 24},
+            "model": {
+                "name": str(tiny_bert_dir),
+                "query_max_length": 16,
+                "passage_max_length": 24,
+                **(model_overrides or {}),
+            },
             "data": {
                 "datasets": [
                     {"file": str(pairs_file), "kind": "s2p"},

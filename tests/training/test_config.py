@@ -32,7 +32,7 @@ def test_stage_presets_mirror_the_recipe() -> None:
     assert stage2.loss.contrastive is ContrastiveObjective.GTE and stage2.data.num_negatives >= 1
     assert (stage2.model.query_max_length, stage2.model.passage_max_length) == (64, 512)
     assert {d.records for d in stage2.data.datasets} == {RecordKind.TRIPLET, RecordKind.SCORED}
-    assert stage2.training.precision is Precision.BF16
+    assert stage2.training.precision is Precision.AUTO
 
 
 def test_defaults_and_types() -> None:

@@ -86,3 +86,23 @@ def test_gradcache_and_matryoshka_train(make_config, tmp_path: Path) -> None:
     raw["model"]["gradient_checkpointing"] = True
     output = train_from_config(type(config).from_mapping(raw))
     assert (output / "modules.json").is_file()
+
+
+def test_a_run_on_a_trimmed_vocabulary_saves_the_base_vocabulary(make_config, tiny_bert_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from piccolo_embed.modeling.trim import read_trim_map
+
+    output = train_from_config(make_config(max_steps=3, model_overrides={"trim_vocab": True}))
+    kept = read_trim_map(output / run_module.TRIMMED_BASE)
+    base, trained = _weights(tiny_bert_dir), _weights(output)
+    name = "embeddings.word_embeddings.weight"
+    assert trained[name].shape == base[name].shape and len(kept) < base[name].shape[0]
+    untouched = sorted(set(range(base[name].shape[0])) - set(kept))
+    torch.testing.assert_close(trained[name][untouched], base[name][untouched], rtol=0, atol=0)
+    assert not torch.equal(trained[name][kept], base[name][kept])  # the trained rows went back in
+    text = "手机电脑以外的字：鲸鱼飞翔"  # characters no training text has
+    assert (
+        AutoTokenizer.from_pretrained(str(output))(text)["input_ids"]
+        == AutoTokenizer.from_pretrained(str(tiny_bert_dir))(text)["input_ids"]
+    )

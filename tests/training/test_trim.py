@@ -8,12 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
+from sentence_transformers import SentenceTransformer
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerFast
 
 from piccolo_embed import Embedder
 from piccolo_embed.cli import build_parser
-from piccolo_embed.modeling.trim import trim_vocabulary
+from piccolo_embed.modeling.trim import read_trim_map, restore_vocabulary, trim_vocabulary
 
 CORPUS = ["今天天气很好", "我们去公园散步", "明天会下雨吗", "北京上海的美食推荐", "如何学习编程"]
 OTHER = ["机器人工智能", "医院看病感冒发烧"]
@@ -114,3 +116,47 @@ def test_starter_trimmed_to_chinese_texts_embeds_identically(tmp_path: Path) -> 
     a = Embedder.from_pretrained(starter).encode(texts, "query")
     b = Embedder.from_pretrained(tmp_path / "trimmed").encode(texts, "query")
     np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+MODEL_FILE = "model.safetensors"
+
+
+def _vocab_rows(directory: Path) -> torch.Tensor:
+    return load_file(str(directory / "model.safetensors"))["embeddings.word_embeddings.weight"]
+
+
+def test_restore_writes_trained_rows_into_the_base_vocabulary(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    trimmed = tmp_path / "trimmed"
+    trim_vocabulary(tiny_bert_dir, CORPUS, trimmed)
+    kept = read_trim_map(trimmed)
+    assert kept is not None and len(kept) == len(AutoTokenizer.from_pretrained(str(trimmed)))
+    # Stand-in for training: every tensor of the trimmed model moves.
+    tensors = {name: t + 0.01 * torch.randn_like(t) for name, t in load_file(str(trimmed / MODEL_FILE)).items()}
+    save_file(tensors, str(trimmed / MODEL_FILE))
+    restore_vocabulary(trimmed, tiny_bert_dir, kept)
+
+    base_rows, restored = _vocab_rows(tiny_bert_dir), _vocab_rows(trimmed)
+    assert restored.shape == base_rows.shape
+    untouched = sorted(set(range(base_rows.shape[0])) - set(kept))
+    torch.testing.assert_close(restored[untouched], base_rows[untouched], rtol=0, atol=0)
+    torch.testing.assert_close(restored[kept], tensors["embeddings.word_embeddings.weight"], rtol=0, atol=0)
+    base_tok, new_tok = AutoTokenizer.from_pretrained(str(tiny_bert_dir)), AutoTokenizer.from_pretrained(str(trimmed))
+    for text in [*CORPUS, *OTHER, "Hello 世界 ok?"]:
+        assert new_tok(text)["input_ids"] == base_tok(text)["input_ids"]
+    assert not (trimmed / "vocab_trim.json").exists()
+    assert SentenceTransformer(str(trimmed), device="cpu").encode(OTHER).shape == (2, 32)
+
+
+def test_restore_refuses_a_checkpoint_that_does_not_match_the_trim(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    trim_vocabulary(tiny_bert_dir, CORPUS, tmp_path / "trimmed")
+    with pytest.raises(ValueError, match="no vocabulary tensor"):
+        restore_vocabulary(tmp_path / "trimmed", tiny_bert_dir, [0, 1, 2])
+
+
+def test_trimming_a_trimmed_model_maps_back_to_the_original_base(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    trim_vocabulary(tiny_bert_dir, CORPUS, tmp_path / "once")
+    trim_vocabulary(tmp_path / "once", CORPUS[:2], tmp_path / "twice")
+    base = AutoTokenizer.from_pretrained(str(tiny_bert_dir)).convert_ids_to_tokens
+    twice = AutoTokenizer.from_pretrained(str(tmp_path / "twice")).convert_ids_to_tokens
+    kept = read_trim_map(tmp_path / "twice")
+    assert [base(i) for i in kept] == [twice(i) for i in range(len(kept))]

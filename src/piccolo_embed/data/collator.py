@@ -56,7 +56,8 @@ class RoleAwareCollator:
     Args:
         tokenizer: The model's (fast) tokenizer.
         roles: Prefix and max length per role; ``s2p`` data uses ``QUERY``/``PASSAGE``, ``s2s`` uses ``NONE``.
-        num_negatives: Hard negatives per triplet record; records with fewer are filled by repetition.
+        num_negatives: Hard negatives per triplet record unless the dataset sets its own; records with fewer are
+            filled by repetition.
         seed: Seeds the choice of positive and negatives together with each row's sample key.
     """
 
@@ -74,7 +75,8 @@ class RoleAwareCollator:
             columns = [(batch.rows["sentence1"], first), (batch.rows["sentence2"], second)]
             labels = torch.tensor(batch.rows["score"], dtype=torch.float32)
         else:
-            columns = self._triplet_columns(batch, first, second)
+            wanted = self.num_negatives if spec.num_negatives is None else spec.num_negatives
+            columns = self._triplet_columns(batch, first, second, wanted)
             labels = torch.zeros(len(batch.keys), dtype=torch.long)
         features = [self.tokenize(texts, role) for texts, role in columns]
         tokens = sum(int(column["attention_mask"].sum()) for column in features)
@@ -92,25 +94,27 @@ class RoleAwareCollator:
         )
         return {key: encoded[key] for key in _MODEL_KEYS if key in encoded}
 
-    def _triplet_columns(self, batch: RawBatch, first: Role, second: Role) -> list[tuple[list[str], Role]]:
+    def _triplet_columns(self, batch: RawBatch, first: Role, second: Role, k: int) -> list[tuple[list[str], Role]]:
         positives, negatives = [], []
         for row, key in enumerate(batch.keys):
             rng = np.random.default_rng([self.seed, key])
             pos, neg = batch.rows["pos"][row], batch.rows["neg"][row]
             positives.append(pos[int(rng.integers(len(pos)))])
-            if self.num_negatives:
+            if k:
                 if not neg:
                     raise ValueError(
-                        f"dataset {batch.source.name!r}: a record has no 'neg' but data.num_negatives is "
-                        f"{self.num_negatives} (query: {batch.rows['query'][row][:40]!r})"
+                        f"dataset {batch.source.name!r}: a record has no 'neg' but {k} negatives per record are "
+                        f"asked for (query: {batch.rows['query'][row][:40]!r})"
                     )
-                negatives.append([neg[i] for i in self._pick(len(neg), rng)])
+                negatives.append([neg[i] for i in _pick(len(neg), k, rng)])
         columns = [(list(batch.rows["query"]), first), (positives, second)]
-        columns += [([negs[j] for negs in negatives], second) for j in range(self.num_negatives)]
+        columns += [([negs[j] for negs in negatives], second) for j in range(k)]
         return columns
 
-    def _pick(self, available: int, rng: np.random.Generator) -> list[int]:
-        if available >= self.num_negatives:
-            return rng.choice(available, self.num_negatives, replace=False).tolist()
-        extra = rng.choice(available, self.num_negatives - available, replace=True)
-        return rng.permutation(available).tolist() + extra.tolist()
+
+def _pick(available: int, k: int, rng: np.random.Generator) -> list[int]:
+    """``k`` distinct indices below ``available``, or all of them and repeats when there are fewer."""
+    if available >= k:
+        return rng.choice(available, k, replace=False).tolist()
+    extra = rng.choice(available, k - available, replace=True)
+    return rng.permutation(available).tolist() + extra.tolist()

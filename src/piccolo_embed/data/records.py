@@ -22,6 +22,14 @@ class RecordKind(HelpfulEnum):
 
     TRIPLET = "triplet"  # {"query": str, "pos": [str, ...], "neg": [str, ...]}
     SCORED = "scored"  # {"sentence1": str, "sentence2": str, "score": float}
+    # Classification data, {"query", "pos": same label, "neg": other labels (non-empty), "label"?}: another record
+    # in a batch may share the label, so these train against their own negatives only (piccolo2's label contrast).
+    LABELLED = "labelled"
+
+    @property
+    def has_triplet_columns(self) -> bool:
+        """Whether records are query/pos/neg (triplet and labelled) rather than scored pairs."""
+        return self is not RecordKind.SCORED
 
 
 class OnError(HelpfulEnum):
@@ -102,11 +110,14 @@ def parse_record(obj: object, kind: RecordKind, path: Path, line: int) -> Record
     """Validate one decoded JSON value as ``kind``."""
     if not isinstance(obj, dict):
         raise RecordError(path, line, "<record>", f"expected a JSON object, got {type(obj).__name__}")
-    if kind is RecordKind.TRIPLET:
+    if kind.has_triplet_columns:
+        labelled = kind is RecordKind.LABELLED
+        if labelled and "label" in obj and (not isinstance(obj["label"], str | int) or isinstance(obj["label"], bool)):
+            raise RecordError(path, line, "label", f"expected a string or integer, got {obj['label']!r}")
         return TripletRecord(
             query=_text(obj, "query", path, line),
             pos=_texts(obj, "pos", path, line, allow_empty=False),
-            neg=_texts(obj, "neg", path, line, allow_empty=True),
+            neg=_texts(obj, "neg", path, line, allow_empty=not labelled),
         )
     score = obj.get("score")
     if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):

@@ -43,6 +43,13 @@ _FEATURES = {
             "neg": datasets.List(datasets.Value("string")),
         }
     ),
+    RecordKind.LABELLED: datasets.Features(
+        {
+            "query": datasets.Value("string"),
+            "pos": datasets.List(datasets.Value("string")),
+            "neg": datasets.List(datasets.Value("string")),
+        }
+    ),
     RecordKind.SCORED: datasets.Features(
         {
             "sentence1": datasets.Value("string"),
@@ -71,6 +78,7 @@ class SourceSpec:
         records: Record shape of every line.
         weight: Sampling-weight multiplier.
         cap: Most records drawn per epoch (``None``: no cap).
+        num_negatives: Negatives per record for this dataset (``None``: the run's ``num_negatives``).
     """
 
     name: str
@@ -79,6 +87,7 @@ class SourceSpec:
     records: RecordKind = RecordKind.TRIPLET
     weight: float = 1.0
     cap: int | None = None
+    num_negatives: int | None = None
 
 
 @dataclass(frozen=True)

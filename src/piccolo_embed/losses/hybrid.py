@@ -1,4 +1,6 @@
-"""The recipe's losses: InfoNCE or GTE's improved contrastive loss for triplets, CoSENT for scored pairs.
+"""The recipe's losses: InfoNCE or GTE for triplets, CoSENT for scored pairs, label contrast for classification.
+
+The label contrast is piccolo2's: each labelled record against its own negatives only.
 
 Temperatures are the recipe's parameters; sentence-transformers calls the same thing ``scale = 1 / temperature``
 (piccolo2's 0.01 is ``scale=100``).
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F  # noqa: N812 - the usual alias
 from sentence_transformers.base.model import BaseModel
 from sentence_transformers.sentence_transformer.losses import (
     CachedMultipleNegativesRankingLoss,
@@ -84,18 +87,55 @@ def cosent_loss(model: SentenceTransformer, *, temperature: float) -> nn.Module:
     return CoSENTLoss(model, scale=1.0 / temperature)
 
 
-class HybridLoss(nn.Module):
-    """Dispatch each batch to the loss of its record kind (every batch holds one dataset, so one kind)."""
+class LabelContrastLoss(nn.Module):
+    """InfoNCE of each query over its own positive and negatives only: no in-batch negatives.
 
-    def __init__(self, losses: Mapping[RecordKind, nn.Module]) -> None:
+    Columns are ``[query, positive, negative_1..k]``. For record ``i``:
+    ``-log(e^{cos(q_i,p_i)/τ} / (e^{cos(q_i,p_i)/τ} + Σ_j e^{cos(q_i,n_ij)/τ}))``. Classification records need
+    this because another record of the batch may share the query's label, so it is not a negative.
+    sentence-transformers' ranking losses always add in-batch negatives, hence this small loss of our own.
+    """
+
+    def __init__(self, model: SentenceTransformer, *, temperature: float) -> None:
+        super().__init__()
+        self.model = model
+        self.temperature = temperature
+
+    def forward(self, features: list[dict[str, torch.Tensor]], labels: torch.Tensor) -> torch.Tensor:
+        """Mean loss over the batch; ``labels`` is unused (the positive is always candidate 0)."""
+        if len(features) < 3:
+            raise ValueError("label contrast needs at least one negative column (set num_negatives >= 1)")
+        return self.compute_loss_from_embeddings([self.model(column)["sentence_embedding"] for column in features])
+
+    def compute_loss_from_embeddings(self, embeddings: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The loss from one ``(batch, dim)`` tensor per column (sentence-transformers' convention)."""
+        query = F.normalize(embeddings[0], dim=-1)  # (batch, dim)
+        candidates = F.normalize(torch.stack(list(embeddings[1:]), dim=1), dim=-1)  # (batch, 1 + k, dim)
+        scores = torch.einsum("bd,bkd->bk", query, candidates) / self.temperature  # (batch, 1 + k)
+        target = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)
+        return F.cross_entropy(scores, target)
+
+
+class HybridLoss(nn.Module):
+    """Dispatch each batch to the loss of its record kind (every batch holds one dataset, so one kind).
+
+    ``weights`` scale a kind's loss against the others (a missing kind weighs 1), as piccolo2 weighs CoSENT and
+    classification against retrieval.
+    """
+
+    def __init__(self, losses: Mapping[RecordKind, nn.Module], weights: Mapping[RecordKind, float] | None = None):
         super().__init__()
         self.losses = nn.ModuleDict({kind.value: loss for kind, loss in losses.items()})
+        self.weights = {kind.value: float(weight) for kind, weight in (weights or {}).items()}
 
     def forward(self, batch: TrainBatch) -> torch.Tensor:
-        """Scalar loss of ``batch`` (for cached losses, the backward pass replays the forward)."""
-        if batch.records.value not in self.losses:
-            raise ValueError(f"no loss configured for {batch.records.value} records (dataset {batch.dataset})")
-        return self.losses[batch.records.value](batch.features, batch.labels)
+        """Weighted scalar loss of ``batch`` (for cached losses, the backward pass replays the forward)."""
+        kind = batch.records.value
+        if kind not in self.losses:
+            raise ValueError(f"no loss configured for {kind} records (dataset {batch.dataset})")
+        value = self.losses[kind](batch.features, batch.labels)
+        weight = self.weights.get(kind, 1.0)
+        return value if weight == 1.0 else value * weight
 
     def use_model(self, model: nn.Module) -> None:
         """Point every inner loss at ``model`` (the DDP/DeepSpeed-wrapped one), as sentence-transformers does.
@@ -122,11 +162,17 @@ def build_hybrid_loss(
     objective: ContrastiveObjective | str,
     temperature: float,
     cosent_temperature: float,
+    label_temperature: float | None = None,
+    weights: Mapping[RecordKind, float] | None = None,
     mini_batch_size: int | None = None,
     gather_across_devices: bool = False,
     matryoshka_dims: Sequence[int] = (),
 ) -> HybridLoss:
-    """The full recipe: contrastive loss for triplets, CoSENT for scored pairs, optionally Matryoshka-wrapped."""
+    """The full recipe: a loss per record kind, each scaled by ``weights``, optionally Matryoshka-wrapped.
+
+    Triplets get the contrastive objective, scored pairs CoSENT, labelled records the label contrast (at
+    ``label_temperature``, default ``temperature``).
+    """
     losses: dict[RecordKind, nn.Module] = {
         RecordKind.TRIPLET: contrastive_loss(
             model,
@@ -136,7 +182,8 @@ def build_hybrid_loss(
             gather_across_devices=gather_across_devices,
         ),
         RecordKind.SCORED: cosent_loss(model, temperature=cosent_temperature),
+        RecordKind.LABELLED: LabelContrastLoss(model, temperature=label_temperature or temperature),
     }
     if matryoshka_dims:
         losses = {kind: MatryoshkaLoss(model, loss, list(matryoshka_dims)) for kind, loss in losses.items()}
-    return HybridLoss(losses)
+    return HybridLoss(losses, weights)

@@ -15,6 +15,10 @@ Why segmentation cannot change for covered texts:
       piece score in the vocabulary, so the lowest-scoring piece is always kept, which leaves that unchanged.
 Ids are remapped in ascending order of the old id; specials stay in the vocabulary. After writing, the trimmed
 tokenizer is checked on the whole corpus against the remapped original ids, so any mismatch fails loudly.
+
+Trimming is a training-speed trick, not a way to ship models: the trimmed directory records which base rows it
+kept (``vocab_trim.json``), and :func:`restore_vocabulary` writes a trained model's rows back into the base's full
+embedding matrix and restores the base tokenizer, so the saved model embeds any text the base could.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from transformers import AutoTokenizer
 log = logging.getLogger(__name__)
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+TRIM_MAP = "vocab_trim.json"
+_SPECIAL_IDS = ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id")
 _SKIPPED = (".safetensors", ".bin", ".model", ".pt")
 _BATCH = 1024
 # Tensors indexed by token id: input embeddings, and the output embeddings/bias of a kept language-model head.
@@ -77,6 +83,8 @@ def trim_vocabulary(model_dir: str | Path, texts: Iterable[str], output_dir: str
     _write_tokenizer(model_dir, output_dir, spec, kept, new_id)
     _write_model(model_dir, output_dir, kept, new_id)
     _verify(output_dir, texts, encoded, new_id)
+    trim_map = _compose_trim_map(model_dir, kept, len(tokenizer))
+    (output_dir / TRIM_MAP).write_text(json.dumps(trim_map) + "\n", encoding="utf-8")
     unk = tokenizer.unk_token_id
     report = TrimReport(len(tokenizer), len(kept), len(texts), sum(unk in ids for ids in encoded))
     log.info("%s", report)
@@ -181,7 +189,7 @@ def _write_model(model_dir: Path, output_dir: Path, kept: list[int], new_id: dic
         tensors[name] = tensors[name][index].contiguous()
     save_file(tensors, str(output_dir / "model.safetensors"), metadata={"format": "pt"})
     config["vocab_size"] = len(kept)
-    for name in ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id"):
+    for name in _SPECIAL_IDS:
         value = config.get(name)
         if isinstance(value, int) and value in new_id:
             config[name] = new_id[value]
@@ -193,3 +201,70 @@ def _verify(output_dir: Path, texts: Sequence[str], encoded: list[list[int]], ne
     for text, old_ids, new_ids in zip(texts, encoded, _encode(trimmed, texts), strict=True):
         if [new_id[i] for i in old_ids] != new_ids:
             raise RuntimeError(f"trimmed tokenizer segments {text[:50]!r} differently; please report this")
+
+
+def _compose_trim_map(model_dir: Path, kept: list[int], vocab_size: int) -> dict[str, Any]:
+    """The map from the trimmed ids to the *original* base's ids, also when ``model_dir`` was itself trimmed."""
+    earlier = model_dir / TRIM_MAP
+    if earlier.is_file():
+        previous = json.loads(earlier.read_text(encoding="utf-8"))
+        base_kept = previous["kept_ids"]
+        return {**previous, "kept_ids": [base_kept[i] for i in kept]}
+    return {"base_model": str(model_dir.resolve()), "base_vocab_size": vocab_size, "kept_ids": kept}
+
+
+def read_trim_map(model_dir: str | Path) -> list[int] | None:
+    """The base ids a trimmed model kept (row ``i`` of the trimmed matrix is base row ``kept[i]``), or ``None``."""
+    path = Path(model_dir) / TRIM_MAP
+    if not path.is_file():
+        return None
+    return [int(i) for i in json.loads(path.read_text(encoding="utf-8"))["kept_ids"]]
+
+
+def restore_vocabulary(trained_dir: str | Path, base_dir: str | Path, kept: Sequence[int]) -> int:
+    """Give a model trained on a trimmed vocabulary the base's whole vocabulary again, in place.
+
+    Every vocabulary-indexed tensor becomes the base's tensor with the trained rows written at their base ids
+    (rows the run never had keep the base values), and the base tokenizer files replace the trimmed ones, so any
+    text tokenises exactly as the base tokenises it. Returns the restored vocabulary size.
+
+    Raises:
+        ValueError: The checkpoints do not match the trim (different row counts or missing tensors).
+    """
+    trained_dir, base_dir = Path(trained_dir), Path(base_dir)
+    weights = trained_dir / "model.safetensors"
+    tensors, base = load_file(str(weights)), load_file(str(base_dir / "model.safetensors"))
+    index = torch.tensor(list(kept))
+    restored = 0
+    for name, tensor in tensors.items():
+        if not (name.endswith(_VOCAB_TENSORS) and tensor.shape[0] == len(kept)):
+            continue
+        if name not in base or base[name].shape[1:] != tensor.shape[1:]:
+            raise ValueError(f"{base_dir}: no base tensor {name!r} of shape (*, {tuple(tensor.shape[1:])})")
+        full = base[name].to(tensor.dtype).clone()
+        full[index] = tensor
+        tensors[name] = full
+        restored = full.shape[0]
+    if not restored:
+        raise ValueError(f"{weights}: found no vocabulary tensor with {len(kept)} rows to restore")
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    _restore_tokenizer_and_config(trained_dir, base_dir, restored)
+    log.info("restored the base vocabulary (%d -> %d rows) in %s", len(kept), restored, trained_dir)
+    return restored
+
+
+def _restore_tokenizer_and_config(trained_dir: Path, base_dir: Path, rows: int) -> None:
+    for name in TOKENIZER_FILES:
+        (trained_dir / name).unlink(missing_ok=True)
+        if (base_dir / name).is_file():
+            shutil.copy2(base_dir / name, trained_dir / name)
+    for path in base_dir.glob("*.model"):  # sentencepiece files, which trimming leaves out
+        shutil.copy2(path, trained_dir / path.name)
+    (trained_dir / TRIM_MAP).unlink(missing_ok=True)
+    config = json.loads((trained_dir / "config.json").read_text(encoding="utf-8"))
+    base_config = json.loads((base_dir / "config.json").read_text(encoding="utf-8"))
+    config["vocab_size"] = rows
+    for name in _SPECIAL_IDS:
+        if name in base_config:
+            config[name] = base_config[name]
+    (trained_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")

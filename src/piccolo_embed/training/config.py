@@ -47,8 +47,9 @@ class ModelConfig:
         passage_max_length: Token budget of passages.
         s2s_max_length: Token budget of both sides of ``s2s`` and scored data (no instruction).
         gradient_checkpointing: Trade compute for activation memory.
-        trim_vocab: Trim the vocabulary to the training texts first (CPU demos: a 250k-row embedding matrix
-            dominates the step time of small models); the trained model then only knows those tokens.
+        trim_vocab: Train on the vocabulary of the training texts only (on CPU a 250k-row embedding matrix
+            dominates the step time of small models); the saved model gets the base's whole vocabulary back,
+            with the trained rows written in.
     """
 
     name: str
@@ -69,9 +70,11 @@ class DatasetEntry:
         file: JSONL path, relative to the working directory, or ``resource:NAME`` for a bundled file.
         name: Label in logs (default: the file's stem).
         kind: ``s2p`` gets instructions, ``s2s`` none.
-        records: ``triplet`` (query/pos/neg) or ``scored`` (sentence1/sentence2/score, CoSENT).
+        records: ``triplet`` (query/pos/neg), ``scored`` (sentence1/sentence2/score, CoSENT) or ``labelled``
+            (classification records: query/pos/neg/label, trained against their own negatives only).
         weight: Multiplies this dataset's sampling weight.
         cap: Most records drawn from it per epoch (``None``: no cap).
+        num_negatives: Negatives per record for this dataset (``None``: ``data.num_negatives``).
     """
 
     file: str
@@ -80,6 +83,7 @@ class DatasetEntry:
     records: RecordKind = RecordKind.TRIPLET
     weight: float = 1.0
     cap: int | None = None
+    num_negatives: int | None = None
 
     @property
     def label(self) -> str:
@@ -116,6 +120,9 @@ class LossConfig:
         contrastive: Loss of triplet datasets.
         temperature: InfoNCE/GTE temperature (piccolo2: 0.01).
         cosent_temperature: CoSENT temperature for scored datasets (0.05 = sentence-transformers' scale 20).
+        label_temperature: Temperature of the label contrast of labelled datasets (``None``: ``temperature``).
+        cosent_weight: Factor on the CoSENT loss against the contrastive loss's 1 (piccolo2: 0.04).
+        label_weight: Factor on the label-contrast loss against the contrastive loss's 1 (piccolo2: 0.2).
         mini_batch_size: Turn on GradCache with this many texts per forward pass (``None``: off).
         gather_across_devices: Share in-batch negatives across all ranks (no-op on one process).
         matryoshka_dims: Also train these truncated dimensions (empty: off).
@@ -124,6 +131,9 @@ class LossConfig:
     contrastive: ContrastiveObjective = ContrastiveObjective.INFONCE
     temperature: float = 0.01
     cosent_temperature: float = 0.05
+    label_temperature: float | None = None
+    cosent_weight: float = 1.0
+    label_weight: float = 1.0
     mini_batch_size: int | None = None
     gather_across_devices: bool = True
     matryoshka_dims: tuple[int, ...] = ()
@@ -143,7 +153,8 @@ class TrainingConfig:
         epochs: Passes over the mixture (an epoch is as many steps as one pass at alpha 1).
         max_steps: Stop after this many steps (overrides ``epochs``).
         max_grad_norm: Gradient clipping (0: off).
-        precision: ``fp32``, or ``fp16``/``bf16`` autocast on CUDA (``auto``: bf16 where supported).
+        precision: ``fp32``, or ``fp16``/``bf16`` autocast (bf16 on CPU needs AMX; ``auto``: the fastest the
+            machine supports).
         seed: Seeds sampling, initialisation and dropout.
         log_every: Steps between log lines.
         save_every: Steps between checkpoints (0: only the final model).
@@ -287,6 +298,9 @@ def _check_ranges(config: TrainConfig) -> None:
         (config.data.num_negatives < 0, "data.num_negatives", "must be >= 0"),
         (config.loss.temperature <= 0, "loss.temperature", "must be > 0"),
         (config.loss.cosent_temperature <= 0, "loss.cosent_temperature", "must be > 0"),
+        ((config.loss.label_temperature or 1) <= 0, "loss.label_temperature", "must be > 0"),
+        (config.loss.cosent_weight < 0, "loss.cosent_weight", "must be >= 0"),
+        (config.loss.label_weight < 0, "loss.label_weight", "must be >= 0"),
         ((config.loss.mini_batch_size or 1) < 1, "loss.mini_batch_size", "must be >= 1"),
         (any(d < 1 for d in config.loss.matryoshka_dims), "loss.matryoshka_dims", "must be positive"),
         (config.training.batch_size < 1, "training.batch_size", "must be >= 1"),
@@ -303,6 +317,7 @@ def _check_ranges(config: TrainConfig) -> None:
     for index, entry in enumerate(config.data.datasets):
         checks.append((entry.weight <= 0, f"data.datasets[{index}].weight", "must be > 0"))
         checks.append(((entry.cap or 1) < 1, f"data.datasets[{index}].cap", "must be >= 1"))
+        checks.append(((entry.num_negatives or 0) < 0, f"data.datasets[{index}].num_negatives", "must be >= 0"))
     labels = [entry.label for entry in config.data.datasets]
     duplicates = sorted({label for label in labels if labels.count(label) > 1})
     checks.append((bool(duplicates), "data.datasets", f"duplicate names {duplicates}; set 'name' to tell apart"))

@@ -8,7 +8,7 @@ one ``max_seq_length`` and picks losses through an added ``dataset_name`` column
 callbacks. Overriding ``get_train_dataloader``, ``compute_loss``, ``_save``, the collator and the logging would
 leave little of it. Accelerate still does the parts worth sharing: DDP (and DeepSpeed through ``accelerate
 launch``), autocast with a grad scaler, and saving/restoring model, optimizer and RNG states; this module owns
-the step loop, the sampler position and the logs (about 200 lines).
+the step loop, the sampler position and the logs.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from piccolo_embed import distributed
+from piccolo_embed.inference.cpu_bf16 import cpu_has_amx
 from piccolo_embed.training.checkpoint import latest_checkpoint, save_checkpoint
 from piccolo_embed.types import Precision
 
@@ -80,13 +81,12 @@ class TrainState:
 def make_accelerator(
     precision: Precision, *, deepspeed_config: str | None = None, micro_batch_size: int | None = None
 ) -> Accelerator:
-    """One Accelerator per run: autocast only on CUDA, DDP without buffer broadcasts (BERT has none to sync).
+    """One Accelerator per run: autocast per :func:`mixed_precision`, DDP without buffer broadcasts (BERT has none).
 
-    fp16/bf16 requested without CUDA falls back to fp32 with a warning, so one config runs everywhere. With a
-    DeepSpeed JSON, its micro batch size is set from ours: accelerate can only infer it from a dataloader it
-    prepares, and ours stays unprepared (the sampler shards by rank itself).
+    With a DeepSpeed JSON, its micro batch size is set from ours: accelerate can only infer it from a dataloader
+    it prepares, and ours stays unprepared (the sampler shards by rank itself).
     """
-    mixed = _mixed_precision(precision)
+    mixed = mixed_precision(precision, cuda=torch.cuda.is_available(), amx=cpu_has_amx())
     plugin = None
     if deepspeed_config:
         from accelerate.utils import DeepSpeedPlugin
@@ -104,14 +104,29 @@ def make_accelerator(
     )
 
 
-def _mixed_precision(precision: Precision) -> str:
-    if not torch.cuda.is_available():
-        if precision in (Precision.FP16, Precision.BF16):
-            log.warning("precision %s needs CUDA; training in fp32 on this machine", precision.value)
-        return "no"
+def mixed_precision(precision: Precision, *, cuda: bool, amx: bool) -> str:
+    """Accelerate's ``mixed_precision`` for a requested training precision; weights and AdamW stay fp32.
+
+    bf16 autocast on CPU pays only with AMX tiles (oneDNN's bf16 matmuls); without them bf16 is emulated and
+    slower than fp32, so it is refused rather than silently slow. ``auto`` picks the fast choice of the machine.
+
+    Raises:
+        ValueError: fp16 without CUDA, or bf16 on a CPU without AMX.
+    """
+    if cuda:
+        if precision is Precision.AUTO:
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return {Precision.FP32: "no", Precision.FP16: "fp16", Precision.BF16: "bf16"}[precision]
+    if precision is Precision.FP16:
+        raise ValueError("training.precision fp16 needs CUDA; on CPU use fp32, or bf16 on a CPU with AMX")
+    if precision is Precision.BF16 and not amx:
+        raise ValueError(
+            "training.precision bf16 on CPU needs AMX (Intel Sapphire Rapids or later), which this CPU lacks: "
+            "bf16 would be slower than fp32 here; use fp32"
+        )
     if precision is Precision.AUTO:
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return {Precision.FP32: "no", Precision.FP16: "fp16", Precision.BF16: "bf16"}[precision]
+        return "bf16" if amx else "no"
+    return "bf16" if precision is Precision.BF16 else "no"
 
 
 def fit(

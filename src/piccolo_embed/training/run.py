@@ -12,7 +12,7 @@ from accelerate.utils import set_seed
 
 from piccolo_embed import distributed
 from piccolo_embed.data.collator import RoleAwareCollator
-from piccolo_embed.data.records import OnError
+from piccolo_embed.data.records import OnError, RecordKind
 from piccolo_embed.data.sampler import OneDatasetBatchSampler
 from piccolo_embed.data.sources import (
     DatasetKind,
@@ -25,6 +25,7 @@ from piccolo_embed.data.sources import (
 from piccolo_embed.inference.embedder import Embedder
 from piccolo_embed.losses import build_hybrid_loss
 from piccolo_embed.modeling.loading import load_sentence_transformer, resolve_model_dir
+from piccolo_embed.modeling.trim import read_trim_map, restore_vocabulary
 from piccolo_embed.training.checkpoint import checkpoints
 from piccolo_embed.training.loop import LoopOptions, fit, make_accelerator
 from piccolo_embed.types import Role, RoleSpec, RoleSpecs
@@ -48,6 +49,7 @@ def source_specs(data: DataConfig) -> list[SourceSpec]:
             records=entry.records,
             weight=entry.weight * (data.s2p_oversample if entry.kind is DatasetKind.S2P else 1.0),
             cap=entry.cap,
+            num_negatives=entry.num_negatives,
         )
         for entry in data.datasets
     ]
@@ -75,9 +77,8 @@ def train_from_config(config: TrainConfig, *, resume: bool = False) -> Path:
     on_error = OnError.SKIP if config.data.skip_bad_records else OnError.RAISE
     cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else None
     sources = load_sources(source_specs(config.data), cache_dir=cache_dir, on_error=on_error)
-    model_dir = resolve_model_dir(config.model.name)
-    if config.model.trim_vocab:
-        model_dir = _trimmed_base(model_dir, sources, config.model, output_dir)
+    base_dir = resolve_model_dir(config.model.name)
+    model_dir = _trimmed_base(base_dir, sources, config.model, output_dir) if config.model.trim_vocab else base_dir
     model = load_sentence_transformer(model_dir, device="cpu")
     roles = role_specs(config.model, int(model.max_seq_length or 512))
     _freeze_pooler(model)
@@ -93,6 +94,8 @@ def train_from_config(config: TrainConfig, *, resume: bool = False) -> Path:
         objective=config.loss.contrastive,
         temperature=config.loss.temperature,
         cosent_temperature=config.loss.cosent_temperature,
+        label_temperature=config.loss.label_temperature or config.loss.temperature,
+        weights={RecordKind.SCORED: config.loss.cosent_weight, RecordKind.LABELLED: config.loss.label_weight},
         mini_batch_size=config.loss.mini_batch_size,
         gather_across_devices=config.loss.gather_across_devices and distributed.world_size() > 1,
         matryoshka_dims=config.loss.matryoshka_dims,
@@ -110,6 +113,8 @@ def train_from_config(config: TrainConfig, *, resume: bool = False) -> Path:
     trained = fit(accelerator, model, loss, loader, sampler, options, resume=resume)
     if distributed.is_main():
         Embedder(trained, roles).save_pretrained(output_dir)
+        if config.model.trim_vocab:
+            restore_vocabulary(output_dir, base_dir, read_trim_map(model_dir) or [])
         (output_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), ensure_ascii=False, indent=2) + "\n")
         log.info("saved the trained model to %s", output_dir)
     distributed.barrier()
@@ -182,7 +187,11 @@ def _log_plan(sources: list[TrainSource], sampler: OneDatasetBatchSampler, max_s
 
 
 def _trimmed_base(model_dir: Path, sources: list[TrainSource], model: ModelConfig, output_dir: Path) -> Path:
-    """Trim the base model's vocabulary to the training texts, as the collator will build them, once per run."""
+    """Trim the base model's vocabulary to the training texts, as the collator will build them, once per run.
+
+    Only training texts: the saved model gets the base's whole vocabulary back, so evaluation texts need not be
+    known in advance.
+    """
     from piccolo_embed.modeling.trim import trim_vocabulary
 
     target = output_dir / TRIMMED_BASE
@@ -200,7 +209,7 @@ def _embedded_texts(source: TrainSource, model: ModelConfig) -> list[str]:
     s2p = source.spec.kind is DatasetKind.S2P
     first, second = (model.query_prefix, model.passage_prefix) if s2p else ("", "")
     table = source.table
-    if "score" in table.column_names:
+    if "score" in table.column_names:  # scored pairs
         return [first + t for t in table["sentence1"]] + [second + t for t in table["sentence2"]]
     docs = [second + t for column in ("pos", "neg") for texts in table[column] for t in texts]
     return [first + t for t in table["query"]] + docs
