@@ -12,6 +12,7 @@ from sentence_transformers import SentenceTransformer
 from transformers import AutoModel
 
 from piccolo_embed import Embedder, Role, RoleSpec
+from piccolo_embed.cli import main
 from piccolo_embed.modeling.merge import MERGE_FILE, MergeError, merge_models, normalise_weights
 
 TEXTS = ["今天天气很好", "北京的美食推荐", "如何学习编程", "机器人"]
@@ -275,3 +276,53 @@ def test_row_blocks_give_the_same_average_as_whole_tensors(tuned_dir, base_dir, 
         load_file(tmp_path / "blocks" / "model.safetensors"),
     )
     assert whole.keys() == blocks.keys() and all(torch.equal(whole[k], blocks[k]) for k in whole)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def test_cli_merge_writes_what_the_library_writes(tuned_dir, base_dir, tmp_path, capsys):
+    argv = ["merge", "--models", str(tuned_dir), str(base_dir), "--weights", "0.7", "0.3"]
+    assert main([*argv, "--output", str(tmp_path / "cli")]) == 0
+    assert f"merged 0.7 x {tuned_dir}, 0.3 x {base_dir} -> {tmp_path / 'cli'}" in capsys.readouterr().out
+    merge_models([tuned_dir, base_dir], tmp_path / "api", weights=[0.7, 0.3])
+    ours, theirs = load_file(tmp_path / "cli" / "model.safetensors"), load_file(tmp_path / "api" / "model.safetensors")
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    assert main(["merge", "--models", str(tuned_dir), str(base_dir), "--output", str(tmp_path / "equal")]) == 0
+    assert "merged 0.5 x" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--weights", "1"], "got 1 weights for 2 models"),
+        (["--weights", "0", "0"], "all weights are zero"),
+        (["--weights", "1", "-1"], "weight 2 is -1.0"),
+    ],
+)
+def test_cli_errors_are_one_line(tuned_dir, base_dir, tmp_path, capsys, extra, message):
+    argv = ["merge", "--models", str(tuned_dir), str(base_dir), "--output", str(tmp_path / "out"), *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("piccolo-embed merge: error: ") and message in err and err.count("\n") == 1
+
+
+def test_cli_overwrite(tuned_dir, base_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old", encoding="utf-8")
+    argv = ["merge", "--models", str(tuned_dir), str(base_dir), "--output", str(out)]
+    assert main(argv) == 2 and "pass --overwrite" in capsys.readouterr().err
+    assert main([*argv, "--overwrite"]) == 0 and not (out / "old.txt").exists()
+
+
+def test_cli_help_says_weights_are_normalised(capsys):
+    with pytest.raises(SystemExit):
+        main(["merge", "--help"])
+    assert "normalised to sum to 1" in " ".join(capsys.readouterr().out.split())
+
+
+def test_merged_weights_keep_the_first_models_file_mode(tuned_dir, base_dir, tmp_path):
+    (tuned_dir / "model.safetensors").chmod(0o644)
+    merge_models([tuned_dir, base_dir], tmp_path / "merged")
+    assert (tmp_path / "merged" / "model.safetensors").stat().st_mode & 0o777 == 0o644

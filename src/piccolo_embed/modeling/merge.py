@@ -145,7 +145,7 @@ def merge_models(
         _publish(tmp, output)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log.info("%s", report)
+    log.debug("%s", report)
     return report
 
 
@@ -320,6 +320,7 @@ def _average_file(inputs: Sequence[Model], weights: Sequence[float], name: str, 
             merged[key] = first
     target.parent.mkdir(parents=True, exist_ok=True)
     save_file(merged, str(target), metadata=metadata)
+    shutil.copymode(inputs[0].path / name, target)  # save_file creates 0600; keep the first model's permissions
     return len(merged), parameters
 
 
