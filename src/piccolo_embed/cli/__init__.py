@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "piccolo_embed.cli.serve",
     "piccolo_embed.cli.eval",
     "piccolo_embed.cli.export",
+    "piccolo_embed.cli.merge",
 )
 
 
