@@ -82,7 +82,7 @@ def test_records_with_fewer_negatives_are_filled_by_repetition(tokenizer) -> Non
 
 
 def test_missing_negatives_fail_clearly(tokenizer) -> None:
-    with pytest.raises(ValueError, match=r"has no 'neg' but data\.num_negatives is 1"):
+    with pytest.raises(ValueError, match=r"has no 'neg' but 1 negatives per record are asked for"):
         RoleAwareCollator(tokenizer, ROLES, num_negatives=1)(_triplets(DatasetKind.S2S, negs=0))
 
 
@@ -92,3 +92,13 @@ def test_scored_pairs_carry_float_labels(tokenizer) -> None:
     batch = RoleAwareCollator(tokenizer, ROLES, num_negatives=2)(raw)
     assert batch.records is RecordKind.SCORED and len(batch.features) == 2
     assert batch.labels.dtype == torch.float32 and batch.labels.tolist() == [4.5, 1.0]
+
+
+def test_a_dataset_can_set_its_own_number_of_negatives(tokenizer) -> None:
+    raw = _triplets(DatasetKind.S2S, negs=4)
+    spec = SourceSpec("cls", Path("cls.jsonl"), DatasetKind.S2S, RecordKind.LABELLED, num_negatives=4)
+    batch = RoleAwareCollator(tokenizer, ROLES, num_negatives=1)(RawBatch(spec, raw.rows, raw.keys))
+    assert batch.records is RecordKind.LABELLED and len(batch.features) == 6  # query, positive, 4 negatives
+    negatives = {tuple(_decoded(tokenizer, column)) for column in batch.features[2:]}
+    assert len(negatives) == 4  # all four distinct negatives, none repeated
+    assert len(RoleAwareCollator(tokenizer, ROLES, num_negatives=1)(raw).features) == 3

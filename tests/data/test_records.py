@@ -88,3 +88,17 @@ def test_write_round_trip_and_atomic(tmp_path):
         write_records(out, broken())
     assert list(read_records(out, "triplet")) == records
     assert [p.name for p in out.parent.iterdir()] == ["out.jsonl"]
+
+
+def test_labelled_records_need_negatives_and_a_plain_label(tmp_path):
+    good = {"query": "好评", "pos": ["满意"], "neg": ["差评"], "label": "正面评价"}
+    path = _write(tmp_path / "cls.jsonl", [json.dumps(good, ensure_ascii=False)])
+    assert list(read_records(path, "labelled")) == [TripletRecord("好评", ("满意",), ("差评",))]
+    for line, field in [
+        (json.dumps({**good, "neg": []}), "neg"),
+        (json.dumps({**good, "label": ["a"]}), "label"),
+    ]:
+        bad = _write(tmp_path / "bad.jsonl", [json.dumps(good), line])
+        with pytest.raises(RecordError) as info:
+            list(read_records(bad, "labelled"))
+        assert (info.value.line, info.value.field) == (2, field)

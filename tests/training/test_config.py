@@ -17,7 +17,9 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 MINIMAL = {"model": {"name": "m"}, "data": {"datasets": [{"file": "a.jsonl"}]}, "training": {"output_dir": "o"}}
 
 
-@pytest.mark.parametrize("name", ["cpu_quick.yaml", "stage1.yaml", "stage2.yaml"])
+@pytest.mark.parametrize(
+    "name", ["cpu_quick.yaml", "stage1.yaml", "stage2.yaml", "recipe_cpu/stage1.yaml", "recipe_cpu/stage2.yaml"]
+)
 def test_shipped_configs_parse(name: str) -> None:
     config = TrainConfig.from_yaml(CONFIGS / name)
     assert config.data.datasets and config.training.output_dir.startswith("runs/")
@@ -58,6 +60,13 @@ def test_defaults_and_types() -> None:
         ({"data": {"datasets": [{"file": "x/a.jsonl"}, {"file": "y/a.jsonl"}]}}, r"duplicate names \['a'\]"),
         ({"data": {"datasets": []}}, r"data.datasets: needs at least one dataset"),
         ({"loss": {"matryoshka_dims": [32, "x"]}}, r"loss.matryoshka_dims\[1\]: expected int"),
+        ({"loss": {"label_weight": -1}}, r"loss.label_weight: must be >= 0"),
+        ({"loss": {"mini_batch_size": 0}}, r"loss.mini_batch_size: must be >= 1"),
+        ({"training": {"output_dir": "o", "max_steps": 0}}, r"training.max_steps: must be >= 1"),
+        ({"data": {"datasets": [{"file": "a", "cap": 0}]}}, r"data.datasets\[0\].cap: must be >= 1"),
+        ({"loss": {"label_temperature": 0}}, r"loss.label_temperature: must be > 0"),
+        ({"data": {"datasets": [{"file": "a", "num_negatives": -1}]}}, r"data.datasets\[0\].num_negatives: must be"),
+        ({"data": {"datasets": [{"file": "a", "records": "cls"}]}}, r"unknown RecordKind 'cls'; choose one of: trip"),
     ],
 )
 def test_bad_keys_and_values_fail_with_their_path(patch: dict, message: str) -> None:

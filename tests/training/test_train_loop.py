@@ -106,3 +106,96 @@ def test_a_run_on_a_trimmed_vocabulary_saves_the_base_vocabulary(make_config, ti
         AutoTokenizer.from_pretrained(str(output))(text)["input_ids"]
         == AutoTokenizer.from_pretrained(str(tiny_bert_dir))(text)["input_ids"]
     )
+
+
+@pytest.mark.parametrize(
+    ("precision", "cuda", "amx", "expected"),
+    [
+        ("fp32", False, True, "no"),
+        ("bf16", False, True, "bf16"),
+        ("auto", False, True, "bf16"),
+        ("auto", False, False, "no"),
+        ("fp32", True, False, "no"),
+        ("fp16", True, False, "fp16"),
+    ],
+)
+def test_mixed_precision_per_machine(precision: str, cuda: bool, amx: bool, expected: str) -> None:
+    from piccolo_embed.training.loop import mixed_precision
+    from piccolo_embed.types import Precision
+
+    assert mixed_precision(Precision.parse(precision), cuda=cuda, amx=amx) == expected
+
+
+@pytest.mark.parametrize(("precision", "message"), [("bf16", "needs AMX"), ("fp16", "fp16 needs CUDA")])
+def test_half_precision_is_refused_where_it_would_be_slow(precision: str, message: str) -> None:
+    from piccolo_embed.training.loop import mixed_precision
+    from piccolo_embed.types import Precision
+
+    with pytest.raises(ValueError, match=message):
+        mixed_precision(Precision.parse(precision), cuda=False, amx=False)
+
+
+def test_labelled_classification_data_trains_end_to_end(make_config, tmp_path: Path) -> None:
+    """A labelled set runs through the label contrast next to the other kinds, and the weights are applied."""
+    words = "今天天气很好我们去公园散步明天会下雨吗北京上海的美食推荐如何学习编程"
+    rows = [
+        {"query": words[i : i + 5], "pos": [words[i + 1 : i + 6]], "neg": [words[i + 7 : i + 12]] * 2, "label": i % 2}
+        for i in range(12)
+    ]
+    cls = tmp_path / "cls.jsonl"
+    cls.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    base = make_config(max_steps=6).to_dict()
+    base["data"]["datasets"].append({"file": str(cls), "records": "labelled", "kind": "s2s", "num_negatives": 2})
+    base["loss"]["label_weight"] = 0.5
+    from piccolo_embed.training.config import TrainConfig
+
+    output = train_from_config(TrainConfig.from_mapping(base))
+    lines = [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
+    assert "cls" in {line["dataset"] for line in lines}
+    assert all(np.isfinite(line["loss"]) for line in lines)
+
+
+def _sts_task(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    spec = {"name": folder.name, "type": "STS", "split": "test", "main_score": "cosine_spearman", "s2p": False}
+    (folder / "task.json").write_text(json.dumps(spec), encoding="utf-8")
+    words = "今天天气很好我们去公园散步明天会下雨吗北京上海的美食推荐如何学习编程"
+    rows = [
+        {"sentence1": words[i : i + 6], "sentence2": words[i + 1 : i + 7 + i % 3], "score": float(i % 5)}
+        for i in range(20)
+    ]
+    (folder / "test.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
+    return folder
+
+
+def test_dev_evaluation_logs_scores_and_keeps_the_best_model(make_config, tiny_bert_dir: Path, tmp_path: Path) -> None:
+    from piccolo_embed.evaluation.runner import evaluate
+
+    task = _sts_task(tmp_path / "tasks" / "DevSTS")
+    raw = make_config(max_steps=4, model_overrides={"trim_vocab": True}).to_dict()
+    raw["training"]["eval"] = {"tasks": [str(task.parent)], "every": 2, "max_per_task": None}
+    from piccolo_embed.training.config import TrainConfig
+
+    output = train_from_config(TrainConfig.from_mapping(raw))
+    lines = [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
+    dev = [line for line in lines if "dev/average" in line]
+    assert [line["step"] for line in dev] == [2, 4]
+    assert all("dev/DevSTS" in line and "dev/STS" in line for line in dev)
+    best = json.loads((output / "best.json").read_text())
+    assert best["average"] == max(line["dev/average"] for line in dev)
+    assert best["step"] in (2, 4)
+    rescored = evaluate(Embedder.from_pretrained(output / "best"), [task])  # the saved best gives its score
+    assert rescored.average == pytest.approx(best["average"], abs=1e-6)
+    name = "embeddings.word_embeddings.weight"
+    assert _weights(output / "best")[name].shape == _weights(tiny_bert_dir)[name].shape  # the whole vocabulary
+
+
+def test_tensorboard_gets_the_training_curves(make_config) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    output = train_from_config(make_config(max_steps=3, tensorboard=True))
+    events = EventAccumulator(str(output / "tensorboard"))
+    events.Reload()
+    assert {"train/loss", "train/lr", "train/pairs_per_s"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3]

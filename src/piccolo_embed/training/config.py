@@ -140,6 +140,21 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """Dev evaluation during training (``training.eval``).
+
+    Attributes:
+        tasks: Task folders, or folders of task folders, in ``piccolo-embed eval``'s format (empty: off).
+        every: Steps between evaluations; the last step is always evaluated.
+        max_per_task: Seeded subsample per task, to keep evaluation short (``None``: whole tasks).
+    """
+
+    tasks: tuple[str, ...] = ()
+    every: int = 100
+    max_per_task: int | None = 200
+
+
+@dataclass(frozen=True)
 class TrainingConfig:
     """Optimisation, checkpoints and logging.
 
@@ -160,6 +175,8 @@ class TrainingConfig:
         save_every: Steps between checkpoints (0: only the final model).
         save_total_limit: Checkpoints kept on disk.
         deepspeed: Path to a DeepSpeed JSON config (needs ``deepspeed``; launch with ``accelerate``).
+        eval: Dev tasks scored during training; the best model by their average is kept in ``best/``.
+        tensorboard: Also log to TensorBoard under ``output_dir/tensorboard`` (needs the ``tensorboard`` extra).
     """
 
     output_dir: str
@@ -177,6 +194,8 @@ class TrainingConfig:
     save_every: int = 0
     save_total_limit: int = 2
     deepspeed: str | None = None
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tensorboard: bool = False
 
 
 @dataclass(frozen=True)
@@ -298,32 +317,39 @@ def _check_ranges(config: TrainConfig) -> None:
         (config.data.num_negatives < 0, "data.num_negatives", "must be >= 0"),
         (config.loss.temperature <= 0, "loss.temperature", "must be > 0"),
         (config.loss.cosent_temperature <= 0, "loss.cosent_temperature", "must be > 0"),
-        ((config.loss.label_temperature or 1) <= 0, "loss.label_temperature", "must be > 0"),
+        (_below(config.loss.label_temperature, 0, inclusive=True), "loss.label_temperature", "must be > 0"),
         (config.loss.cosent_weight < 0, "loss.cosent_weight", "must be >= 0"),
         (config.loss.label_weight < 0, "loss.label_weight", "must be >= 0"),
-        ((config.loss.mini_batch_size or 1) < 1, "loss.mini_batch_size", "must be >= 1"),
+        (_below(config.loss.mini_batch_size, 1), "loss.mini_batch_size", "must be >= 1"),
         (any(d < 1 for d in config.loss.matryoshka_dims), "loss.matryoshka_dims", "must be positive"),
         (config.training.batch_size < 1, "training.batch_size", "must be >= 1"),
         (config.training.learning_rate <= 0, "training.learning_rate", "must be > 0"),
         (config.training.epochs < 1, "training.epochs", "must be >= 1"),
-        ((config.training.max_steps or 1) < 1, "training.max_steps", "must be >= 1"),
+        (_below(config.training.max_steps, 1), "training.max_steps", "must be >= 1"),
         (config.training.log_every < 1, "training.log_every", "must be >= 1"),
         (config.training.save_every < 0, "training.save_every", "must be >= 0"),
         (config.training.save_total_limit < 1, "training.save_total_limit", "must be >= 1"),
+        (config.training.eval.every < 1, "training.eval.every", "must be >= 1"),
+        (_below(config.training.eval.max_per_task, 1), "training.eval.max_per_task", "must be >= 1"),
         (config.model.query_max_length < 2, "model.query_max_length", "must be >= 2"),
         (config.model.passage_max_length < 2, "model.passage_max_length", "must be >= 2"),
         (config.model.s2s_max_length < 2, "model.s2s_max_length", "must be >= 2"),
     ]
     for index, entry in enumerate(config.data.datasets):
         checks.append((entry.weight <= 0, f"data.datasets[{index}].weight", "must be > 0"))
-        checks.append(((entry.cap or 1) < 1, f"data.datasets[{index}].cap", "must be >= 1"))
-        checks.append(((entry.num_negatives or 0) < 0, f"data.datasets[{index}].num_negatives", "must be >= 0"))
+        checks.append((_below(entry.cap, 1), f"data.datasets[{index}].cap", "must be >= 1"))
+        checks.append((_below(entry.num_negatives, 0), f"data.datasets[{index}].num_negatives", "must be >= 0"))
     labels = [entry.label for entry in config.data.datasets]
     duplicates = sorted({label for label in labels if labels.count(label) > 1})
     checks.append((bool(duplicates), "data.datasets", f"duplicate names {duplicates}; set 'name' to tell apart"))
     for failed, where, message in checks:
         if failed:
             raise ConfigError(f"{where}: {message}")
+
+
+def _below(value: float | None, bound: float, *, inclusive: bool = False) -> bool:
+    """Whether an optional setting is set and below ``bound`` (or at it, when ``inclusive``): 0 is a value."""
+    return value is not None and (value <= bound if inclusive else value < bound)
 
 
 def _plain(value: Any) -> Any:

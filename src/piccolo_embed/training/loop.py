@@ -16,10 +16,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from accelerate import Accelerator
@@ -58,7 +58,17 @@ class LoopOptions:
     log_every: int = 10
     save_every: int = 0
     save_total_limit: int = 2
+    eval_every: int = 0
+    tensorboard: bool = False
     progress: bool = True
+
+
+class StepEvaluator(Protocol):
+    """Scores the model at a step (main process only); see :class:`~piccolo_embed.training.dev_eval.DevEvaluator`."""
+
+    def __call__(self, model: SentenceTransformer, step: int) -> Mapping[str, float]:
+        """Named scores to log; the model must be back in train mode afterwards."""
+        ...
 
 
 @dataclass
@@ -138,6 +148,7 @@ def fit(
     options: LoopOptions,
     *,
     resume: bool = False,
+    evaluator: StepEvaluator | None = None,
 ) -> SentenceTransformer:
     """Train ``model`` for ``options.max_steps`` steps and return it (unwrapped, in train mode).
 
@@ -149,6 +160,7 @@ def fit(
         sampler: Its ``steps_per_epoch`` drives epoch roll-over.
         options: Optimisation and bookkeeping.
         resume: Continue from the newest checkpoint under ``output_dir/checkpoints``.
+        evaluator: Called every ``options.eval_every`` steps and after the last one; its scores are logged.
     """
     optimizer = torch.optim.AdamW(_param_groups(model, options.weight_decay), lr=options.learning_rate)
     scheduler = get_scheduler(options.scheduler, optimizer, options.warmup_steps, options.max_steps)
@@ -176,13 +188,30 @@ def fit(
                 epoch = state.step / sampler.steps_per_epoch
                 meter.flush(state.step, epoch, scheduler.get_last_lr()[0], batch.dataset, bar)
             bar.update(1)
+            if evaluator and options.eval_every and _due(state.step, options.eval_every, options.max_steps):
+                _evaluate(accelerator, evaluator, wrapped, state.step, meter)
             if options.save_every and state.step % options.save_every == 0 and state.step < options.max_steps:
                 save_checkpoint(accelerator, options.output_dir, state.step, options.save_total_limit)
             if state.step >= options.max_steps:
                 break
     bar.close()
+    meter.close()
     accelerator.wait_for_everyone()
     return accelerator.unwrap_model(wrapped)
+
+
+def _due(step: int, every: int, max_steps: int) -> bool:
+    return step % every == 0 or step == max_steps
+
+
+def _evaluate(
+    accelerator: Accelerator, evaluator: StepEvaluator, wrapped: torch.nn.Module, step: int, meter: _Meter
+) -> None:
+    """Dev scores on the main process while the other ranks wait; logged like the training curves."""
+    if distributed.is_main():
+        scores = evaluator(accelerator.unwrap_model(wrapped), step)
+        meter.log_scores(step, scores)
+    accelerator.wait_for_everyone()
 
 
 def _step(
@@ -217,12 +246,33 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
 
 
 class _Meter:
-    """Window averages for the JSONL log: loss, learning rate, records/s and tokens/s over all ranks."""
+    """Window averages for the JSONL log (and TensorBoard): loss, learning rate, records/s and tokens/s.
+
+    TensorBoard event files go to ``output_dir/tensorboard``, so ``tensorboard --logdir runs/`` shows every run.
+    """
 
     def __init__(self, options: LoopOptions, device: torch.device) -> None:
         self.path = options.output_dir / LOG_FILE
         self.device = device
+        self.writer = _tensorboard_writer(options.output_dir) if options.tensorboard and distributed.is_main() else None
         self._reset()
+
+    def log_scores(self, step: int, scores: Mapping[str, float]) -> None:
+        """Write evaluation scores (0-1) as one log line and TensorBoard scalars."""
+        entry = {"step": step, **{name: round(value, 6) for name, value in scores.items()}}
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        for name, value in scores.items():
+            self._scalar(name, value, step)
+
+    def close(self) -> None:
+        """Flush TensorBoard."""
+        if self.writer is not None:
+            self.writer.close()
+
+    def _scalar(self, name: str, value: float, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar(name, value, step)
 
     def _reset(self) -> None:
         self.losses: list[torch.Tensor] = []
@@ -252,6 +302,19 @@ class _Meter:
         if distributed.is_main():
             with self.path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            for name in ("loss", "lr", "pairs_per_s", "tokens_per_s"):
+                self._scalar(f"train/{name}", entry[name], step)
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
             log.info("step %d loss %.4f lr %.2e %.1f pairs/s", step, loss, lr, entry["pairs_per_s"])
         self._reset()
+
+
+def _tensorboard_writer(output_dir: Path) -> Any:
+    """A SummaryWriter, or a clear error naming the extra to install."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as err:
+        raise ImportError(
+            "training.tensorboard needs the tensorboard package: pip install 'piccolo-embed[tensorboard]'"
+        ) from err
+    return SummaryWriter(log_dir=str(output_dir / "tensorboard"))

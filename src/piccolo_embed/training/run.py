@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,10 +28,13 @@ from piccolo_embed.losses import build_hybrid_loss
 from piccolo_embed.modeling.loading import load_sentence_transformer, resolve_model_dir
 from piccolo_embed.modeling.trim import read_trim_map, restore_vocabulary
 from piccolo_embed.training.checkpoint import checkpoints
+from piccolo_embed.training.dev_eval import DevEvaluator
 from piccolo_embed.training.loop import LoopOptions, fit, make_accelerator
 from piccolo_embed.types import Role, RoleSpec, RoleSpecs
 
 if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
     from piccolo_embed.training.config import DataConfig, ModelConfig, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -108,17 +112,31 @@ def train_from_config(config: TrainConfig, *, resume: bool = False) -> Path:
         generator = torch.Generator().manual_seed(config.training.seed)
         return torch.utils.data.DataLoader(mixture, batch_sampler=sampler, collate_fn=collator, generator=generator)
 
+    def save(trained: SentenceTransformer, target: Path) -> None:
+        Embedder(trained, roles).save_pretrained(target)
+        if config.model.trim_vocab:
+            restore_vocabulary(target, base_dir, read_trim_map(model_dir) or [])
+
+    evaluator = _dev_evaluator(config, roles, output_dir, save)
     options = _loop_options(config, output_dir, sampler.steps_per_epoch)
     _log_plan(sources, sampler, options.max_steps)
-    trained = fit(accelerator, model, loss, loader, sampler, options, resume=resume)
+    trained = fit(accelerator, model, loss, loader, sampler, options, resume=resume, evaluator=evaluator)
     if distributed.is_main():
-        Embedder(trained, roles).save_pretrained(output_dir)
-        if config.model.trim_vocab:
-            restore_vocabulary(output_dir, base_dir, read_trim_map(model_dir) or [])
+        save(trained, output_dir)
         (output_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), ensure_ascii=False, indent=2) + "\n")
         log.info("saved the trained model to %s", output_dir)
     distributed.barrier()
     return output_dir
+
+
+def _dev_evaluator(
+    config: TrainConfig, roles: RoleSpecs, output_dir: Path, save: Callable[[SentenceTransformer, Path], None]
+) -> DevEvaluator | None:
+    """The dev evaluator of ``training.eval`` (tasks are loaded and checked now, before any training step)."""
+    settings = config.training.eval
+    if not settings.tasks or not distributed.is_main():
+        return None
+    return DevEvaluator(settings.tasks, roles, output_dir, save, max_per_task=settings.max_per_task)
 
 
 def _sampler(config: TrainConfig, sources: list[TrainSource]) -> OneDatasetBatchSampler:
@@ -154,6 +172,8 @@ def _loop_options(config: TrainConfig, output_dir: Path, steps_per_epoch: int) -
         log_every=training.log_every,
         save_every=training.save_every,
         save_total_limit=training.save_total_limit,
+        eval_every=training.eval.every if training.eval.tasks else 0,
+        tensorboard=training.tensorboard,
     )
 
 
