@@ -160,3 +160,18 @@ def test_trimming_a_trimmed_model_maps_back_to_the_original_base(tiny_bert_dir: 
     twice = AutoTokenizer.from_pretrained(str(tmp_path / "twice")).convert_ids_to_tokens
     kept = read_trim_map(tmp_path / "twice")
     assert [base(i) for i in kept] == [twice(i) for i in range(len(kept))]
+
+
+def test_only_the_model_is_copied_not_a_runs_leftovers(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    model = tmp_path / "trained"
+    Embedder.from_pretrained(tiny_bert_dir, roles="plain").save_pretrained(model)
+    for leftover in ("trimmed-base", "checkpoints/step-1"):
+        (model / leftover).mkdir(parents=True)
+        (model / leftover / "model.safetensors").write_bytes(b"x")
+    (model / "log.jsonl").write_text("{}\n")
+    trim_vocabulary(model, CORPUS, tmp_path / "trimmed")
+    names = {p.name for p in (tmp_path / "trimmed").iterdir()}
+    assert not names & {"trimmed-base", "checkpoints", "log.jsonl"}
+    modules = [m["path"] for m in json.loads((model / "modules.json").read_text()) if m["path"]]
+    assert modules and set(modules) <= names  # the model's own module folders are kept
+    np.testing.assert_array_equal(_embed(model, CORPUS), _embed(tmp_path / "trimmed", CORPUS))

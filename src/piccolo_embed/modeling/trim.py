@@ -41,6 +41,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spec
 TRIM_MAP = "vocab_trim.json"
 _SPECIAL_IDS = ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id")
 _SKIPPED = (".safetensors", ".bin", ".model", ".pt")
+_RUN_FILES = ("config.json", TRIM_MAP, "log.jsonl", "train_config.json", "best.json")  # rewritten, or not the model's
 _BATCH = 1024
 # Tensors indexed by token id: input embeddings, and the output embeddings/bias of a kept language-model head.
 _VOCAB_TENSORS = ("word_embeddings.weight", "embed_tokens.weight", "decoder.weight", "predictions.bias")
@@ -114,14 +115,22 @@ def _kept_ids(spec: dict[str, Any], tokenizer: Any, encoded: list[list[int]]) ->
 
 
 def _copy_other_files(model_dir: Path, output_dir: Path) -> None:
+    """Copy the model's other files: top-level files and the module folders ``modules.json`` lists.
+
+    Other folders (a training run's checkpoints, its own trimmed base, logs) are not part of the model.
+    """
     if output_dir.resolve() == model_dir.resolve():
         raise ValueError("the output directory must differ from the model directory")
     output_dir.mkdir(parents=True, exist_ok=True)
+    modules = model_dir / "modules.json"
+    listed = json.loads(modules.read_text(encoding="utf-8")) if modules.is_file() else []
+    module_dirs = {module.get("path", "") for module in listed}
     for path in model_dir.iterdir():
-        if path.name in TOKENIZER_FILES or path.name == "config.json" or path.suffix in _SKIPPED:
+        if path.name in TOKENIZER_FILES or path.name in _RUN_FILES or path.suffix in _SKIPPED:
             continue
         if path.is_dir():
-            shutil.copytree(path, output_dir / path.name, dirs_exist_ok=True)
+            if path.name in module_dirs:
+                shutil.copytree(path, output_dir / path.name, dirs_exist_ok=True)
         else:
             shutil.copy2(path, output_dir / path.name)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -123,6 +124,8 @@ def train_from_config(config: TrainConfig, *, resume: bool = False) -> Path:
     trained = fit(accelerator, model, loss, loader, sampler, options, resume=resume, evaluator=evaluator)
     if distributed.is_main():
         save(trained, output_dir)
+        if config.model.trim_vocab:  # a training intermediate: the saved model has the whole vocabulary
+            shutil.rmtree(output_dir / TRIMMED_BASE, ignore_errors=True)
         (output_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), ensure_ascii=False, indent=2) + "\n")
         log.info("saved the trained model to %s", output_dir)
     distributed.barrier()
