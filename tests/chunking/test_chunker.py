@@ -193,3 +193,10 @@ def test_for_model_fills_the_passage_role_exactly(_tiny_bert_master: Path) -> No
     with pytest.raises(ValueError, match=f"use at most {chunker.chunk_tokens}"):
         Chunker.for_model(embedder, chunk_tokens=chunker.chunk_tokens + 1)
     assert Chunker.for_model(embedder, role="query", chunk_tokens=20, overlap_tokens=3).overlap_tokens == 3
+
+
+def test_recut_chunks_inside_others_are_dropped() -> None:
+    from piccolo_embed.chunking.chunker import _drop_contained
+
+    bounds = [(0, 10, 5), (8, 20, 6), (0, 6, 3), (6, 9, 2), (8, 9, 1), (12, 20, 4)]
+    assert _drop_contained(bounds) == [(0, 10, 5), (8, 20, 6)]

@@ -206,10 +206,12 @@ class Chunker:
 
 
 def _drop_contained(bounds: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
-    """Sort re-cut chunks in among the others, dropping any that lies inside an earlier one (overlaps can do that)."""
+    """Sort re-cut chunks in among the others, dropping any that lies inside another (overlaps can do that)."""
     kept: list[tuple[int, int, int]] = []
     for bound in sorted(bounds):
-        if not kept or bound[1] > kept[-1][1]:
+        if kept and bound[0] == kept[-1][0]:  # same start, longer (sorted): it holds the one before
+            kept[-1] = bound
+        elif not kept or bound[1] > kept[-1][1]:
             kept.append(bound)
     return kept
 
