@@ -83,7 +83,8 @@ def test_properties_with_a_fake_tokenizer(text: str, budget: int, data: st.DataO
 def test_budget_holds_when_pieces_grow_on_their_own(text: str, budget: int) -> None:
     spanner = FakeSpanner(lead=True)  # a piece cut from mid-text takes one token more than it did in place
     chunks = Chunker(spanner, chunk_tokens=budget, overlap_tokens=budget // 4).chunk(text)
-    check_chunks(text, chunks, spanner, budget, budget // 4)
+    # The overlap is planned in place; counted on its own, the shared text also carries the extra start token.
+    check_chunks(text, chunks, spanner, budget, budget // 4 + 1)
 
 
 @pytest.fixture(scope="module")
