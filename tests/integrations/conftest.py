@@ -1,0 +1,65 @@
+"""A real piccolo-embed server (uvicorn on a loopback port) over the tiny model, shared by the integration tests."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from piccolo_embed import Embedder
+
+API_KEY = "test-key"
+
+
+@dataclass(frozen=True)
+class Server:
+    """Where the test server listens, and its name and key."""
+
+    url: str
+    name: str
+    api_key: str = API_KEY
+
+
+@pytest.fixture
+def texts() -> list[str]:
+    return ["北京是中国的首都。", "上海的美食推荐：小笼包。", "机器人工智能深度神经网络", "今天天气很好"]
+
+
+@pytest.fixture(scope="session")
+def reference(_tiny_bert_master: Path) -> Embedder:
+    """A second copy of the served model, for expected vectors (the server's copy belongs to its workers)."""
+    return Embedder.from_pretrained(_tiny_bert_master, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def server(_tiny_bert_master: Path) -> Iterator[Server]:
+    pytest.importorskip("fastapi")
+    import uvicorn
+
+    from piccolo_embed.serving.app import build_app
+    from piccolo_embed.serving.settings import ServerSettings
+
+    app = build_app(
+        Embedder.from_pretrained(_tiny_bert_master, device="cpu"),
+        ServerSettings(model_name="piccolo", api_key=API_KEY, max_inputs_per_request=8, max_queue_texts=64),
+    )
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    uv = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
+    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not uv.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    try:
+        yield Server(f"http://127.0.0.1:{sock.getsockname()[1]}", "piccolo")
+    finally:
+        uv.should_exit = True
+        thread.join(30)
+        sock.close()
