@@ -4,34 +4,18 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
-from piccolo_embed.cli.common import add_model_arguments, load_embedder
-from piccolo_embed.inference.embedder import Embedder
-from piccolo_embed.types import Role
+from piccolo_embed.cli.common import add_model_arguments
+from piccolo_embed.cli.scale import add_scale_arguments, open_encoder
+from piccolo_embed.parallel.pool import QuietEmbedder
 
 # Same as piccolo_embed.index.DEFAULT_CHUNK_SIZE (a test checks it); not imported, so that registering the
 # subcommand does not import faiss, which only the `mining` extra installs.
 CHUNK_SIZE = 4096
 
 
-class QuietEncoder:
-    """An :class:`Embedder` seen through the Encoder protocol, without per-call progress bars.
-
-    Index and mining code encode chunk after chunk and log their own progress; a bar per chunk would bury it.
-    """
-
-    def __init__(self, embedder: Embedder, name: str) -> None:
-        self.embedder = embedder
-        self.name = name
-        self.roles = embedder.roles
-
-    def encode(self, texts: Sequence[str], *, role: Role | str | None = None) -> np.ndarray:
-        """:meth:`Embedder.encode` with the progress bar off."""
-        return self.embedder.encode(texts, role, show_progress=False)
+QuietEncoder = QuietEmbedder  # the name other subcommands import
 
 
 def model_reference(spec: str) -> str:
@@ -78,6 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--append", action="store_true", help="add the corpus to an existing index")
     mode.add_argument("--overwrite", action="store_true", help="replace an existing index")
+    add_scale_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -90,17 +75,17 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"corpus file not found: {args.corpus}")
     mode = BuildMode.APPEND if args.append else BuildMode.OVERWRITE if args.overwrite else BuildMode.CREATE
     started = time.monotonic()
-    encoder = QuietEncoder(load_embedder(args), model_reference(args.model))
-    store = build_index(
-        encoder,
-        args.corpus,
-        args.output,
-        mode=mode,
-        chunk_size=args.chunk_size,
-        index_type=args.index_type,
-        passage_role=TaskKind.parse(args.kind).passage_role if args.kind else None,
-        model_name=encoder.name,
-    )
+    with open_encoder(args, model_reference(args.model)) as encoder:
+        store = build_index(
+            encoder,
+            args.corpus,
+            args.output,
+            mode=mode,
+            chunk_size=args.chunk_size,
+            index_type=args.index_type,
+            passage_role=TaskKind.parse(args.kind).passage_role if args.kind else None,
+            model_name=encoder.name,
+        )
     added = store.manifest.sources[-1]["rows"]
     print(
         f"indexed {added} passages into {args.output} ({store.count} in total, {store.manifest.index_type.value}, "
