@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from piccolo_embed.cli.common import add_model_arguments
 from piccolo_embed.cli.scale import add_scale_arguments, open_encoder
 from piccolo_embed.parallel.pool import QuietEmbedder
+
+if TYPE_CHECKING:
+    from piccolo_embed.index import IndexStore
+    from piccolo_embed.index.milvus import MilvusStore
 
 # Same as piccolo_embed.index.DEFAULT_CHUNK_SIZE (a test checks it); not imported, so that registering the
 # subcommand does not import faiss, which only the `mining` extra installs.
@@ -45,7 +50,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_model_arguments(parser)
     parser.add_argument("--corpus", required=True, type=Path, help="JSONL: {'_id'|'id'?, 'title'?, 'text'} per line")
-    parser.add_argument("--output", required=True, type=Path, metavar="INDEX_DIR", help="index directory")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--output", type=Path, metavar="INDEX_DIR", help="index directory")
+    target.add_argument(
+        "--store",
+        metavar="milvus:PATH_OR_URI[#COLLECTION]",
+        help="write to Milvus instead: milvus:./my.db (Milvus Lite, a local file) or milvus:http://host:19530 "
+        "(needs the `milvus` extra; token from PICCOLO_MILVUS_TOKEN)",
+    )
     parser.add_argument(
         "--chunk-size",
         type=int,
@@ -69,6 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Build or extend the index and print a one-line summary."""
     from piccolo_embed.index import BuildMode, build_index
+    from piccolo_embed.index.milvus import build_milvus
     from piccolo_embed.mining import TaskKind
 
     if not args.corpus.is_file():
@@ -76,20 +89,32 @@ def run(args: argparse.Namespace) -> int:
     mode = BuildMode.APPEND if args.append else BuildMode.OVERWRITE if args.overwrite else BuildMode.CREATE
     started = time.monotonic()
     with open_encoder(args, model_reference(args.model)) as encoder:
-        store = build_index(
+        build = build_milvus if args.store else build_index
+        store = build(
             encoder,
             args.corpus,
-            args.output,
+            args.store or args.output,
             mode=mode,
             chunk_size=args.chunk_size,
             index_type=args.index_type,
             passage_role=TaskKind.parse(args.kind).passage_role if args.kind else None,
             model_name=encoder.name,
         )
-    added = store.manifest.sources[-1]["rows"]
-    print(
-        f"indexed {added} passages into {args.output} ({store.count} in total, {store.manifest.index_type.value}, "
-        f"dim {store.dim}, model {store.manifest.model.name}, fingerprint {store.manifest.model.digest}) "
-        f"in {time.monotonic() - started:.1f} s"
-    )
+    print(f"{summary(store, args.store or args.output)} in {time.monotonic() - started:.1f} s")
     return 0
+
+
+def summary(store: IndexStore | MilvusStore, where: object) -> str:
+    """One line on what a build added and what the index now holds."""
+    from piccolo_embed.index import IndexStore
+
+    if isinstance(store, IndexStore):
+        added, manifest = store.manifest.sources[-1]["rows"], store.manifest
+        kind, model, count = manifest.index_type, manifest.model, store.count
+    else:
+        kind, model, count = store.state.index_type, store.state.model, store.state.count
+        added = store.last_build_rows
+    return (
+        f"indexed {added} passages into {where} ({count} in total, {kind.value}, dim {model.dim}, "
+        f"model {model.name}, fingerprint {model.digest})"
+    )
