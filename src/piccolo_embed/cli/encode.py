@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -13,7 +14,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from piccolo_embed.cli.common import add_model_arguments
-from piccolo_embed.cli.scale import add_scale_arguments, open_encoder
+from piccolo_embed.cli.scale import add_scale_arguments, open_encoder, ray_parts
 from piccolo_embed.types import Role
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--field", default="text", help="JSON field holding the text (.jsonl input)")
     parser.add_argument("--output", required=True, type=Path, help="where to write the float32 .npy matrix")
     parser.add_argument("--chunk-size", type=int, default=4096, help="texts read and encoded at a time")
-    add_scale_arguments(parser)
+    add_scale_arguments(parser, ray=True)
     parser.set_defaults(func=run)
 
 
@@ -81,9 +82,13 @@ def run(args: argparse.Namespace) -> int:
     if args.chunk_size < 1:
         raise ValueError("--chunk-size must be positive")
     total = count_texts(args.input, args.field)
-    with open_encoder(args, args.model) as encoder:
-        dim = encoder.dim
-        write_matrix(args.output, total, dim, _encoded_chunks(encoder, args))
+    if args.ray:
+        dim, blocks = _ray_blocks(args)
+        write_matrix(args.output, total, dim, blocks)
+    else:
+        with open_encoder(args, args.model) as encoder:
+            dim = encoder.dim
+            write_matrix(args.output, total, dim, _encoded_chunks(encoder, args))
     print(f"wrote {total} x {dim} float32 embeddings to {args.output}")
     return 0
 
@@ -93,6 +98,20 @@ def _encoded_chunks(encoder: Encoder, args: argparse.Namespace) -> Iterator[tupl
     for chunk in chunks(iter_texts(args.input, args.field), args.chunk_size):
         yield row, encoder.encode(chunk, role=args.role)
         row += len(chunk)
+
+
+def _ray_blocks(args: argparse.Namespace) -> tuple[int, Iterator[tuple[int, np.ndarray]]]:
+    """The embedding size and ``(first_row, vectors)`` blocks encoded by a Ray actor pool, in input order."""
+    from piccolo_embed.parallel.ray_encode import encoded_dataset, exactly_once
+
+    loader, options = ray_parts(args, args.model)
+    dataset = encoded_dataset(args.input, 0, Role.coerce(args.role), loader, options, text_field=args.field)
+    if dataset is None:
+        raise ValueError(f"{args.input}: no texts to encode")
+    batches = exactly_once(dataset.iter_batches(batch_size=args.chunk_size, batch_format="numpy"), str(args.input))
+    first = next(batches)
+    blocks = ((int(batch["row"][keep][0]), batch["vector"][keep]) for batch, keep in itertools.chain([first], batches))
+    return first[0]["vector"].shape[1], blocks
 
 
 def write_matrix(output: Path, total: int, dim: int, blocks: Iterable[tuple[int, np.ndarray]]) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from piccolo_embed.cli.common import add_model_arguments
-from piccolo_embed.cli.scale import add_scale_arguments, open_encoder
+from piccolo_embed.cli.scale import add_scale_arguments, open_encoder, ray_parts
 from piccolo_embed.parallel.pool import QuietEmbedder
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--append", action="store_true", help="add the corpus to an existing index")
     mode.add_argument("--overwrite", action="store_true", help="replace an existing index")
-    add_scale_arguments(parser)
+    add_scale_arguments(parser, ray=True)
     parser.set_defaults(func=run)
 
 
@@ -88,7 +88,13 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"corpus file not found: {args.corpus}")
     mode = BuildMode.APPEND if args.append else BuildMode.OVERWRITE if args.overwrite else BuildMode.CREATE
     started = time.monotonic()
-    with open_encoder(args, model_reference(args.model)) as encoder:
+    name = model_reference(args.model)
+    chunks = None
+    if args.ray:
+        from piccolo_embed.parallel.ray_encode import RayChunks
+
+        chunks = RayChunks(*ray_parts(args, name))  # the model here only fingerprints the index
+    with open_encoder(args, name) as encoder:
         build = build_milvus if args.store else build_index
         store = build(
             encoder,
@@ -99,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
             index_type=args.index_type,
             passage_role=TaskKind.parse(args.kind).passage_role if args.kind else None,
             model_name=encoder.name,
+            chunks=chunks,
         )
     print(f"{summary(store, args.store or args.output)} in {time.monotonic() - started:.1f} s")
     return 0
