@@ -28,7 +28,7 @@ from piccolo_embed.index.ann import AnnParams, IndexType
 from piccolo_embed.index.build import BuildMode, ChunkSource, EncoderChunks, source_identity
 from piccolo_embed.index.corpus import Passage
 from piccolo_embed.index.fingerprint import ModelFingerprint, check_same_model, fingerprint_encoder
-from piccolo_embed.index.search import Hit
+from piccolo_embed.index.search import Hit, checked_query_role
 from piccolo_embed.index.store import IncompleteIndexError, IndexNotFoundError
 from piccolo_embed.inference.validation import validate_texts
 from piccolo_embed.protocols import Encoder
@@ -323,11 +323,9 @@ class MilvusSearcher:
         query_role: Role | str | None = None,
         search_params: dict[str, Any] | None = None,
     ) -> None:
-        check_same_model(store.state.model, fingerprint_encoder(encoder))
+        self.query_role = checked_query_role(store.state.model, store.state.passage_role, encoder, query_role)
         self.store = store
         self.encoder = encoder
-        default_role = Role.NONE if store.state.passage_role is Role.NONE else Role.QUERY
-        self.query_role = default_role if query_role is None else Role.coerce(query_role)
         self.search_params = {"metric_type": "IP", "params": dict(search_params or {})}
 
     def search_vectors(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
