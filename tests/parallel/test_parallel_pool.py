@@ -67,13 +67,21 @@ class FailingLoader:
     def encode(self, texts, *, role=None):
         if self.mode == "die" and texts != ["probe"]:
             os._exit(3)
-        vectors = np.ones((len(texts), 4), dtype=np.float32)
-        return vectors / 2
+        if "坏" in texts:
+            raise ValueError("cannot encode 坏")
+        vectors = np.zeros((len(texts), 4), dtype=np.float32)
+        vectors[:, 0] = [len(text) for text in texts]  # tells texts apart, so a stale result would show
+        return vectors
 
 
 @pytest.mark.dist
 def test_worker_failures_raise_instead_of_hanging():
     with pytest.raises(WorkerError, match="no such model: broken-model"):
         EncoderPool(FailingLoader("raise"), ["cpu", "cpu"], threads=1)
+    with EncoderPool(FailingLoader("ok"), ["cpu"], threads=1, shard_size=1) as pool:
+        with pytest.raises(WorkerError, match="cannot encode 坏"):
+            pool.encode(["坏", "好", "好"])
+        # The two shards after the failure still answer, late; the next call must not take their results.
+        assert pool.encode(["甲乙", "甲乙丙"])[:, 0].tolist() == [2.0, 3.0]
     with EncoderPool(FailingLoader("die"), ["cpu"], threads=1) as pool, pytest.raises(WorkerError, match="died"):
         pool.encode(["今天"])

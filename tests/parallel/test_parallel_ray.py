@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from piccolo_embed.cli import build_parser
 from piccolo_embed.index import IndexStore, build_index, read_corpus
 from piccolo_embed.parallel import EmbedderLoader
 from piccolo_embed.parallel.ray_encode import (
@@ -115,3 +116,11 @@ def test_ray_index_equals_one_process_even_when_an_actor_dies(local_ray, tiny_be
         assert (tmp_path / label / "texts.jsonl").read_bytes() == (tmp_path / "one" / "texts.jsonl").read_bytes()
     assert (tmp_path / "died").exists()  # an actor really was killed
     assert IndexStore.open(tmp_path / "ray-killed").manifest.model.digest == reference.manifest.model.digest
+    source = tmp_path / "in.txt"
+    texts = [row.text for row in read_corpus(corpus)][:30]
+    source.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    argv = ["encode", "--model", str(tiny_bert_dir), "--role", "query", "--input", str(source), "--ray"]
+    argv += ["--output", str(tmp_path / "ray.npy"), "--ray-actors", "2", "--ray-cpus-per-actor", "0.5"]
+    args = build_parser(("piccolo_embed.cli.encode",)).parse_args([*argv, "--shard-size", "8", "--chunk-size", "12"])
+    assert args.func(args) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "ray.npy"), encoder.encode(texts, role="query"), atol=1e-6, rtol=0)

@@ -120,10 +120,21 @@ def length_sorted_shards(texts: Sequence[str], shard_size: int) -> list[np.ndarr
     return [order[start : start + shard_size] for start in range(0, len(order), shard_size)]
 
 
+def _next_task(tasks: Any, parent: int) -> Any:
+    """The next task, or ``None`` to stop: asked to, or the parent died (a killed parent cannot say so)."""
+    while True:
+        try:
+            return tasks.get(timeout=POLL_SECONDS)
+        except queue.Empty:
+            if os.getppid() != parent:
+                return None
+
+
 def _worker(rank: int, loader: EncoderLoader, device: str, threads: int, tasks: Any, results: Any) -> None:
     """Worker body: load once, then encode shards until a ``None`` task; every failure is reported, not raised."""
     import torch
 
+    parent = os.getppid()
     torch.set_num_threads(threads)
     try:
         encoder = loader(device)
@@ -133,8 +144,8 @@ def _worker(rank: int, loader: EncoderLoader, device: str, threads: int, tasks: 
     except BaseException:
         results.put(("error", rank, traceback.format_exc()))
         return
-    while (task := tasks.get()) is not None:
-        task_id, texts, role = task
+    while (task := _next_task(tasks, parent)) is not None:
+        task_id, texts, role = task  # task_id: (call, shard)
         try:
             vectors = np.asarray(encoder.encode(texts, role=role), dtype=np.float32)
             results.put(("done", task_id, vectors))
@@ -173,6 +184,7 @@ class EncoderPool:
         self.shard_size = shard_size
         self.threads = threads or max(1, torch.get_num_threads() // len(self.devices))
         self.worker_peak_rss: dict[int, int] = {}
+        self._calls = 0
         context = mp.get_context("spawn")  # fork would copy this process's threads and CUDA state
         self._tasks, self._results = context.Queue(), context.Queue()
         self._processes = [
@@ -227,11 +239,15 @@ class EncoderPool:
         texts = validate_texts(texts)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         shards = length_sorted_shards(texts, self.shard_size)
-        for task_id, rows in enumerate(shards):
-            self._tasks.put((task_id, [texts[row] for row in rows], role))
-        for _ in shards:
-            _, task_id, vectors = self._next("done")
-            out[shards[task_id]] = vectors
+        self._calls += 1  # results of an earlier call that failed half-way must not land in this one
+        for shard, rows in enumerate(shards):
+            self._tasks.put(((self._calls, shard), [texts[row] for row in rows], role))
+        pending = set(range(len(shards)))
+        while pending:
+            _, (call, shard), vectors = self._next("done")
+            if call == self._calls:
+                out[shards[shard]] = vectors
+                pending.discard(shard)
         return out
 
     def close(self, timeout: float = 30.0) -> None:
