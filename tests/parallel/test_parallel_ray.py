@@ -92,6 +92,14 @@ class DiesOnceLoader:
 @pytest.fixture(scope="module")
 def local_ray():
     ray = pytest.importorskip("ray")
+    for attempt in range(3):
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            break
+        except Exception:  # Ray waits a fixed 30 s for its node to start: too short on an overloaded machine
+            ray.shutdown()
+            if attempt == 2:
+                raise
     # Ray ships the test's loader class to its workers by value (they cannot import this test module).
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     yield ray

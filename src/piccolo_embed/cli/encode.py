@@ -122,11 +122,15 @@ def write_matrix(output: Path, total: int, dim: int, blocks: Iterable[tuple[int,
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp.npy")
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(total, dim))
+    written = 0
     try:
         with tqdm(total=total, desc="encode", unit="text") as bar:
             for row, vectors in blocks:
                 out[row : row + len(vectors)] = vectors
+                written += len(vectors)
                 bar.update(len(vectors))
+        if written != total:
+            raise ValueError(f"{output}: {written} rows were encoded, but the input has {total} texts")
         out.flush()
         del out
         tmp.replace(output)
