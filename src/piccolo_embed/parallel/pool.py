@@ -121,13 +121,13 @@ def length_sorted_shards(texts: Sequence[str], shard_size: int) -> list[np.ndarr
 
 
 def _next_task(tasks: Any, parent: int) -> Any:
-    """The next task, or ``None`` to stop: asked to, or the parent died (a killed parent cannot say so)."""
+    """The next task (``None``: stop); exits at once when the parent died, which a killed parent cannot say."""
     while True:
         try:
             return tasks.get(timeout=POLL_SECONDS)
         except queue.Empty:
             if os.getppid() != parent:
-                return None
+                os._exit(0)  # nobody reads our results: skip flushing them, which would block for ever
 
 
 def _worker(rank: int, loader: EncoderLoader, device: str, threads: int, tasks: Any, results: Any) -> None:
