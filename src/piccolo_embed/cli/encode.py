@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from piccolo_embed.cli.common import add_model_arguments, load_embedder
+from piccolo_embed.cli.common import add_model_arguments
+from piccolo_embed.cli.scale import add_scale_arguments, open_encoder, ray_parts
 from piccolo_embed.types import Role
+
+if TYPE_CHECKING:
+    from piccolo_embed.protocols import Encoder
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--field", default="text", help="JSON field holding the text (.jsonl input)")
     parser.add_argument("--output", required=True, type=Path, help="where to write the float32 .npy matrix")
     parser.add_argument("--chunk-size", type=int, default=4096, help="texts read and encoded at a time")
+    add_scale_arguments(parser, ray=True)
     parser.set_defaults(func=run)
 
 
@@ -75,22 +82,58 @@ def run(args: argparse.Namespace) -> int:
     if args.chunk_size < 1:
         raise ValueError("--chunk-size must be positive")
     total = count_texts(args.input, args.field)
-    embedder = load_embedder(args)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_name(f".{args.output.name}.{os.getpid()}.tmp.npy")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(total, embedder.dim))
+    if args.ray:
+        dim, blocks = _ray_blocks(args)
+        write_matrix(args.output, total, dim, blocks)
+    else:
+        with open_encoder(args, args.model) as encoder:
+            dim = encoder.dim
+            write_matrix(args.output, total, dim, _encoded_chunks(encoder, args))
+    print(f"wrote {total} x {dim} float32 embeddings to {args.output}")
+    return 0
+
+
+def _encoded_chunks(encoder: Encoder, args: argparse.Namespace) -> Iterator[tuple[int, np.ndarray]]:
+    row = 0
+    for chunk in chunks(iter_texts(args.input, args.field), args.chunk_size):
+        yield row, encoder.encode(chunk, role=args.role)
+        row += len(chunk)
+
+
+def _ray_blocks(args: argparse.Namespace) -> tuple[int, Iterator[tuple[int, np.ndarray]]]:
+    """The embedding size and ``(first_row, vectors)`` blocks encoded by a Ray actor pool, in input order."""
+    from piccolo_embed.parallel.ray_encode import encoded_dataset, exactly_once
+
+    loader, options = ray_parts(args, args.model)
+    dataset = encoded_dataset(args.input, 0, Role.coerce(args.role), loader, options, text_field=args.field)
+    if dataset is None:
+        raise ValueError(f"{args.input}: no texts to encode")
+    batches = exactly_once(dataset.iter_batches(batch_size=args.chunk_size, batch_format="numpy"), str(args.input))
+    first = next(batches)
+    blocks = ((int(batch["row"][keep][0]), batch["vector"][keep]) for batch, keep in itertools.chain([first], batches))
+    return first[0]["vector"].shape[1], blocks
+
+
+def write_matrix(output: Path, total: int, dim: int, blocks: Iterable[tuple[int, np.ndarray]]) -> None:
+    """Write ``(first_row, vectors)`` blocks into a ``total x dim`` float32 ``.npy`` at ``output``.
+
+    The matrix is a memory map in a temporary file, renamed into place only when complete.
+    """
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp.npy")
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(total, dim))
+    written = 0
     try:
-        row = 0
         with tqdm(total=total, desc="encode", unit="text") as bar:
-            for chunk in chunks(iter_texts(args.input, args.field), args.chunk_size):
-                out[row : row + len(chunk)] = embedder.encode(chunk, args.role, show_progress=False)
-                row += len(chunk)
-                bar.update(len(chunk))
+            for row, vectors in blocks:
+                out[row : row + len(vectors)] = vectors
+                written += len(vectors)
+                bar.update(len(vectors))
+        if written != total:
+            raise ValueError(f"{output}: {written} rows were encoded, but the input has {total} texts")
         out.flush()
         del out
-        tmp.replace(args.output)
+        tmp.replace(output)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    print(f"wrote {total} x {embedder.dim} float32 embeddings to {args.output}")
-    return 0

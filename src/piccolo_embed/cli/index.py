@@ -4,34 +4,23 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+from piccolo_embed.cli.common import add_model_arguments
+from piccolo_embed.cli.scale import add_scale_arguments, open_encoder, ray_parts
+from piccolo_embed.parallel.pool import QuietEmbedder
 
-from piccolo_embed.cli.common import add_model_arguments, load_embedder
-from piccolo_embed.inference.embedder import Embedder
-from piccolo_embed.types import Role
+if TYPE_CHECKING:
+    from piccolo_embed.index import IndexStore
+    from piccolo_embed.index.milvus import MilvusStore
 
 # Same as piccolo_embed.index.DEFAULT_CHUNK_SIZE (a test checks it); not imported, so that registering the
 # subcommand does not import faiss, which only the `mining` extra installs.
 CHUNK_SIZE = 4096
 
 
-class QuietEncoder:
-    """An :class:`Embedder` seen through the Encoder protocol, without per-call progress bars.
-
-    Index and mining code encode chunk after chunk and log their own progress; a bar per chunk would bury it.
-    """
-
-    def __init__(self, embedder: Embedder, name: str) -> None:
-        self.embedder = embedder
-        self.name = name
-        self.roles = embedder.roles
-
-    def encode(self, texts: Sequence[str], *, role: Role | str | None = None) -> np.ndarray:
-        """:meth:`Embedder.encode` with the progress bar off."""
-        return self.embedder.encode(texts, role, show_progress=False)
+QuietEncoder = QuietEmbedder  # the name other subcommands import
 
 
 def model_reference(spec: str) -> str:
@@ -61,7 +50,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_model_arguments(parser)
     parser.add_argument("--corpus", required=True, type=Path, help="JSONL: {'_id'|'id'?, 'title'?, 'text'} per line")
-    parser.add_argument("--output", required=True, type=Path, metavar="INDEX_DIR", help="index directory")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--output", type=Path, metavar="INDEX_DIR", help="index directory")
+    target.add_argument(
+        "--store",
+        metavar="milvus:PATH_OR_URI[#COLLECTION]",
+        help="write to Milvus instead: milvus:./my.db (Milvus Lite, a local file) or milvus:http://host:19530 "
+        "(needs the `milvus` extra; token from PICCOLO_MILVUS_TOKEN)",
+    )
     parser.add_argument(
         "--chunk-size",
         type=int,
@@ -78,33 +74,54 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--append", action="store_true", help="add the corpus to an existing index")
     mode.add_argument("--overwrite", action="store_true", help="replace an existing index")
+    add_scale_arguments(parser, ray=True)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Build or extend the index and print a one-line summary."""
     from piccolo_embed.index import BuildMode, build_index
+    from piccolo_embed.index.milvus import build_milvus
     from piccolo_embed.mining import TaskKind
 
     if not args.corpus.is_file():
         raise FileNotFoundError(f"corpus file not found: {args.corpus}")
     mode = BuildMode.APPEND if args.append else BuildMode.OVERWRITE if args.overwrite else BuildMode.CREATE
     started = time.monotonic()
-    encoder = QuietEncoder(load_embedder(args), model_reference(args.model))
-    store = build_index(
-        encoder,
-        args.corpus,
-        args.output,
-        mode=mode,
-        chunk_size=args.chunk_size,
-        index_type=args.index_type,
-        passage_role=TaskKind.parse(args.kind).passage_role if args.kind else None,
-        model_name=encoder.name,
-    )
-    added = store.manifest.sources[-1]["rows"]
-    print(
-        f"indexed {added} passages into {args.output} ({store.count} in total, {store.manifest.index_type.value}, "
-        f"dim {store.dim}, model {store.manifest.model.name}, fingerprint {store.manifest.model.digest}) "
-        f"in {time.monotonic() - started:.1f} s"
-    )
+    name = model_reference(args.model)
+    chunks = None
+    if args.ray:
+        from piccolo_embed.parallel.ray_encode import RayChunks
+
+        chunks = RayChunks(*ray_parts(args, name))  # the model here only fingerprints the index
+    with open_encoder(args, name) as encoder:
+        build = build_milvus if args.store else build_index
+        store = build(
+            encoder,
+            args.corpus,
+            args.store or args.output,
+            mode=mode,
+            chunk_size=args.chunk_size,
+            index_type=args.index_type,
+            passage_role=TaskKind.parse(args.kind).passage_role if args.kind else None,
+            model_name=encoder.name,
+            chunks=chunks,
+        )
+    print(f"{summary(store, args.store or args.output)} in {time.monotonic() - started:.1f} s")
     return 0
+
+
+def summary(store: IndexStore | MilvusStore, where: object) -> str:
+    """One line on what a build added and what the index now holds."""
+    from piccolo_embed.index import IndexStore
+
+    if isinstance(store, IndexStore):
+        added, manifest = store.manifest.sources[-1]["rows"], store.manifest
+        kind, model, count = manifest.index_type, manifest.model, store.count
+    else:
+        kind, model, count = store.state.index_type, store.state.model, store.state.count
+        added = store.last_build_rows
+    return (
+        f"indexed {added} passages into {where} ({count} in total, {kind.value}, dim {model.dim}, "
+        f"model {model.name}, fingerprint {model.digest})"
+    )

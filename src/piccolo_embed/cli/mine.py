@@ -6,8 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-from piccolo_embed.cli.common import add_model_arguments, load_embedder
-from piccolo_embed.cli.index import CHUNK_SIZE, QuietEncoder, add_kind_argument, model_reference
+from piccolo_embed.cli.common import add_model_arguments
+from piccolo_embed.cli.index import CHUNK_SIZE, add_kind_argument, model_reference
+from piccolo_embed.cli.scale import add_scale_arguments, open_encoder
 
 
 def parse_range(value: str) -> tuple[int, int]:
@@ -75,6 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--query-batch", type=int, default=1024, help="queries encoded and searched per step")
     parser.add_argument("--on-error", choices=["raise", "skip"], default="raise", help="malformed input lines")
     parser.add_argument("--stats", type=Path, default=None, help="also write the statistics as JSON here")
+    add_scale_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -100,8 +102,8 @@ def run(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
         query_batch=args.query_batch,
     )
-    encoder = QuietEncoder(load_embedder(args), model_reference(args.model))
-    stats = mine_file(encoder, args.input, args.output, corpus=args.corpus, config=config, on_error=args.on_error)
+    with open_encoder(args, model_reference(args.model)) as encoder:
+        stats = mine_file(encoder, args.input, args.output, corpus=args.corpus, config=config, on_error=args.on_error)
     print(stats.format())
     if args.stats is not None:
         args.stats.parent.mkdir(parents=True, exist_ok=True)

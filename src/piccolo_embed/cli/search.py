@@ -18,7 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``search`` subcommand."""
     parser = subparsers.add_parser("search", help="find the passages of an index closest to one or more queries")
     parser.add_argument("queries", nargs="+", metavar="QUERY", help="query text(s)")
-    parser.add_argument("--index", required=True, type=Path, metavar="INDEX_DIR", help="built by `index`")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--index", type=Path, metavar="INDEX_DIR", help="built by `index`")
+    where.add_argument("--store", metavar="milvus:PATH_OR_URI[#COLLECTION]", help="a Milvus index built by `index`")
     parser.add_argument("-k", "--top-k", dest="k", type=int, default=10, help="results per query")
     add_model_arguments(parser, default="")
     parser.add_argument("--nprobe", type=int, default=None, help="IVF cells searched per query")
@@ -38,9 +40,10 @@ def recorded_roles(roles: dict[str, dict[str, object]]) -> RoleSpecs | None:
 def run(args: argparse.Namespace) -> int:
     """Search and print ranked ``score id text`` lines (or JSON with ``--json``)."""
     from piccolo_embed.index import IndexStore, Searcher
+    from piccolo_embed.index.milvus import MilvusSearcher, MilvusStore
 
-    store = IndexStore.open(args.index)
-    recorded = store.manifest.model
+    store = MilvusStore.open(args.store) if args.store else IndexStore.open(args.index)
+    recorded = store.state.model if args.store else store.manifest.model
     embedder = Embedder.from_pretrained(
         args.model or recorded.name,
         roles=args.roles or recorded_roles(dict(recorded.roles)),
@@ -50,7 +53,11 @@ def run(args: argparse.Namespace) -> int:
         max_batch_tokens=args.max_batch_tokens,
     )
     encoder = QuietEncoder(embedder, model_reference(args.model or recorded.name))
-    searcher = Searcher(store, encoder, nprobe=args.nprobe, ef_search=args.ef_search)
+    if args.store:
+        params = {key: value for key, value in (("nprobe", args.nprobe), ("ef", args.ef_search)) if value}
+        searcher = MilvusSearcher(store, encoder, search_params=params)
+    else:
+        searcher = Searcher(store, encoder, nprobe=args.nprobe, ef_search=args.ef_search)
     for query, hits in zip(args.queries, searcher.search(args.queries, k=args.k), strict=True):
         if args.json:
             print(json.dumps({"query": query, "hits": [h.to_json() for h in hits]}, ensure_ascii=False))

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import numpy as np
 
@@ -61,6 +61,34 @@ class IndexLockedError(OSError):
     """Another process is building or appending to the same index."""
 
 
+class ChunkSource(Protocol):
+    """Turns a corpus into encoded chunks, resuming after a source line; the seam for Ray (see ``parallel``)."""
+
+    def __call__(
+        self, source: str | Path | Iterable[Passage], *, start_line: int, role: Role, dim: int, chunk_size: int
+    ) -> Iterator[tuple[list[Passage], np.ndarray]]:
+        """Yield ``(passages, vectors)`` in corpus order; ``vectors`` is ``(len(passages), dim)`` float32."""
+        ...
+
+
+@dataclass(frozen=True)
+class EncoderChunks:
+    """The plain chunk source: read the corpus in this process and encode each chunk with ``encoder``.
+
+    ``encoder`` may itself be an :class:`~piccolo_embed.parallel.EncoderPool` spreading each chunk over devices.
+    """
+
+    encoder: Encoder
+
+    def __call__(
+        self, source: str | Path | Iterable[Passage], *, start_line: int, role: Role, dim: int, chunk_size: int
+    ) -> Iterator[tuple[list[Passage], np.ndarray]]:
+        """See :class:`ChunkSource`."""
+        passages = read_corpus(source, start_line=start_line) if isinstance(source, str | Path) else iter(source)
+        while chunk := list(islice(passages, chunk_size)):
+            yield chunk, encode_chunk(self.encoder, chunk, role, dim)
+
+
 @dataclass(frozen=True)
 class _Progress:
     """Where the data files end: committed state plus finished chunks."""
@@ -80,6 +108,7 @@ def build_index(
     index_type: IndexType | str | None = None,
     passage_role: Role | str | None = None,
     model_name: str | None = None,
+    chunks: ChunkSource | None = None,
 ) -> IndexStore:
     """Encode ``source`` and commit it to the index in ``directory``.
 
@@ -93,6 +122,8 @@ def build_index(
         passage_role: Role to encode passages with: ``passage`` (default for a new index) or ``none`` for
             short-text-to-short-text data; fixed once the index exists.
         model_name: Recorded name of the model (how ``search`` reloads it); defaults to the encoder's name.
+        chunks: Where encoded chunks come from (default: ``encoder`` on each chunk, in this process); ``encoder``
+            still provides the fingerprint.
 
     Returns:
         The committed index.
@@ -110,11 +141,13 @@ def build_index(
         else:
             base = replace(base, model=fingerprint)
             np.save(directory / PROBES, fingerprint.probes)
-        source_key = _source_key(source)
+        source_key = source_identity(source)
         progress = _resume_point(directory, base, source_key)
         _truncate(directory, progress, base.model.dim)
-        passages = read_corpus(source, start_line=progress.lines_done) if source_key else iter(source)
-        progress = _encode_chunks(encoder, passages, directory, base, progress, chunk_size, source_key)
+        encoded = (chunks or EncoderChunks(encoder))(
+            source, start_line=progress.lines_done, role=base.passage_role, dim=base.model.dim, chunk_size=chunk_size
+        )
+        progress = _write_chunks(encoded, directory, base, progress, source_key)
         return _commit(directory, base, progress, source_key)
 
 
@@ -150,7 +183,7 @@ def _prepare(directory: Path, mode: BuildMode, index_type: IndexType | str | Non
     )
 
 
-def _source_key(source: str | Path | Iterable[Passage]) -> dict[str, object] | None:
+def source_identity(source: str | Path | Iterable[Passage]) -> dict[str, object] | None:
     """Identity of a corpus file, so a checkpoint is only resumed against the same unchanged file."""
     if not isinstance(source, str | Path):
         return None
@@ -190,20 +223,18 @@ def _truncate(directory: Path, progress: _Progress, dim: int) -> None:
         os.truncate(path, sizes[name])
 
 
-def _encode_chunks(
-    encoder: Encoder,
-    passages: Iterator[Passage],
+def _write_chunks(
+    encoded: Iterator[tuple[list[Passage], np.ndarray]],
     directory: Path,
     base: Manifest,
     progress: _Progress,
-    chunk_size: int,
     source_key: dict[str, object] | None,
 ) -> _Progress:
     started, first_rows = time.monotonic(), progress.rows
     handles = [(directory / name).open("ab") for name in DATA_FILES]
     try:
-        while chunk := list(islice(passages, chunk_size)):
-            progress = _append_chunk(handles, chunk, _encode(encoder, chunk, base), progress)
+        for chunk, vectors in encoded:
+            progress = _append_chunk(handles, chunk, vectors, progress)
             _write_checkpoint(directory, base, progress, source_key)
             rate = (progress.rows - first_rows) / max(time.monotonic() - started, 1e-9)
             log.info("encoded %d passages (%.0f/s)", progress.rows, rate)
@@ -229,10 +260,16 @@ def _append_chunk(handles: list[BinaryIO], chunk: list[Passage], vectors: np.nda
     return _Progress(progress.rows + len(chunk), position, chunk[-1].line)
 
 
-def _encode(encoder: Encoder, chunk: list[Passage], base: Manifest) -> np.ndarray:
-    vectors = np.asarray(encoder.encode([p.embed_text for p in chunk], role=base.passage_role), dtype=np.float32)
-    if vectors.shape != (len(chunk), base.model.dim):
-        raise ValueError(f"encoder returned shape {vectors.shape}, expected {(len(chunk), base.model.dim)}")
+def encode_chunk(encoder: Encoder, chunk: list[Passage], role: Role, dim: int) -> np.ndarray:
+    """Encode passages (title and text) and check the vectors' shape and norms."""
+    return check_vectors(encoder.encode([p.embed_text for p in chunk], role=role), len(chunk), dim)
+
+
+def check_vectors(vectors: np.ndarray, rows: int, dim: int) -> np.ndarray:
+    """``vectors`` as float32, after checking it is ``(rows, dim)`` and L2-normalised."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.shape != (rows, dim):
+        raise ValueError(f"encoder returned shape {vectors.shape}, expected {(rows, dim)}")
     norms = np.linalg.norm(vectors, axis=1)
     if not np.all(np.abs(norms - 1.0) < 1e-3):
         raise ValueError("encoder returned vectors that are not L2-normalised (or not finite)")

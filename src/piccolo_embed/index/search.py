@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from piccolo_embed.index.ann import IndexType, ann_search, configure_search, exact_search
-from piccolo_embed.index.fingerprint import check_same_model, fingerprint_encoder
+from piccolo_embed.index.fingerprint import ModelFingerprint, check_same_model, fingerprint_encoder
 from piccolo_embed.index.store import IndexStore
 from piccolo_embed.inference.validation import validate_texts
 from piccolo_embed.protocols import Encoder
@@ -39,6 +39,22 @@ class Hit:
         return {"id": self.id, "score": self.score, "text": self.text, "title": self.title, "row": self.row}
 
 
+def checked_query_role(
+    recorded: ModelFingerprint, passage_role: Role, encoder: Encoder, query_role: Role | str | None
+) -> Role:
+    """Check ``encoder`` against the model that built an index; return the role its queries get.
+
+    By default ``query`` when passages were encoded as ``passage``, ``none`` when they were ``none`` (s2s).
+
+    Raises:
+        ModelMismatchError: ``encoder`` is not the model that built the index.
+    """
+    check_same_model(recorded, fingerprint_encoder(encoder))
+    if query_role is not None:
+        return Role.coerce(query_role)
+    return Role.NONE if passage_role is Role.NONE else Role.QUERY
+
+
 class Searcher:
     """An index paired with the encoder that built it.
 
@@ -63,11 +79,9 @@ class Searcher:
         nprobe: int | None = None,
         ef_search: int | None = None,
     ) -> None:
-        check_same_model(store.manifest.model, fingerprint_encoder(encoder))
+        self.query_role = checked_query_role(store.manifest.model, store.manifest.passage_role, encoder, query_role)
         self.store = store
         self.encoder = encoder
-        default_role = Role.NONE if store.manifest.passage_role is Role.NONE else Role.QUERY
-        self.query_role = default_role if query_role is None else Role.coerce(query_role)
         params = store.manifest.ann_params
         params = replace(params, nprobe=nprobe or params.nprobe, ef_search=ef_search or params.ef_search)
         self._ann = store.load_ann()
