@@ -26,6 +26,11 @@ def test_vectors_equal_the_local_model(server, reference: Embedder, texts: list[
     assert remote.encode([], role=role).shape == (0, reference.dim)
 
 
+def test_no_role_means_the_servers_default(server, reference: Embedder, texts: list[str]) -> None:
+    got = RemoteEncoder(server.url, api_key=server.api_key).encode(texts)
+    np.testing.assert_allclose(got, reference.encode(texts), atol=1e-5)  # the server's default: no instruction
+
+
 def test_server_errors_carry_the_servers_message(server) -> None:
     with pytest.raises(RemoteError, match="HTTP 401"):
         RemoteEncoder(server.url, api_key="wrong").encode(["好"], role="query")

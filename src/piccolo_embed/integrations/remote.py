@@ -64,16 +64,13 @@ class RemoteEncoder:
     def info(self) -> dict[str, Any]:
         """The server's ``GET /info`` (model, dimension, roles, limits), fetched once."""
         if self._info is None:
-            self._info = _json_or_raise(self._call(lambda: self._client.get("/info")), "GET /info")
+            self._info = _json_or_raise(self._request("GET", "/info"), "GET /info")
         return self._info
 
     def encode(self, texts: Sequence[str], *, role: Role | str | None = None) -> np.ndarray:
         """float32 ``(len(texts), dim)``, unit rows in input order, embedded by the server for ``role``."""
         texts = validate_texts(texts)
-        rows = [
-            self._embed(self._call(lambda batch=batch: self._client.post("/embed", json=batch)))
-            for batch in self._bodies(texts, role)
-        ]
+        rows = [self._embed(self._request("POST", "/embed", json=body)) for body in self._bodies(texts, role)]
         return self._stack(rows)
 
     async def aencode(self, texts: Sequence[str], *, role: Role | str | None = None) -> np.ndarray:
@@ -81,9 +78,9 @@ class RemoteEncoder:
         texts = validate_texts(texts)
         async with httpx.AsyncClient(**self._async_options) as client:
             rows = []
-            for batch in self._bodies(texts, role):
+            for body in self._bodies(texts, role):
                 try:
-                    response = await client.post("/embed", json=batch)
+                    response = await client.post("/embed", json=body)
                 except httpx.TransportError as err:
                     raise self._unreachable(err) from err
                 rows.append(self._embed(response))
@@ -100,9 +97,9 @@ class RemoteEncoder:
             for start in range(0, len(texts), self.batch_size)
         ]
 
-    def _call(self, send: Any) -> httpx.Response:
+    def _request(self, method: str, path: str, **options: Any) -> httpx.Response:
         try:
-            return send()
+            return self._client.request(method, path, **options)
         except httpx.TransportError as err:
             raise self._unreachable(err) from err
 
