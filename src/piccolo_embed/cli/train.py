@@ -23,6 +23,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="override a config value, e.g. --set training.max_steps=100 (repeatable; VALUE is YAML)",
     )
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in an output_dir that holds a trained model or checkpoints (replaced; new log)",
+    )
+    parser.add_argument(
+        "--allow-change",
+        dest="allow_changes",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="with --resume, accept this config key differing from the checkpoint's (repeatable; only bookkeeping "
+        "keys such as training.save_every, training.log_every, training.eval.*; see README 'What is safe')",
+    )
     parser.set_defaults(func=run)
 
 
@@ -36,6 +50,6 @@ def run(args: argparse.Namespace) -> int:
     from piccolo_embed.training.run import train_from_config
 
     config = TrainConfig.from_yaml(args.config, args.overrides)
-    output = train_from_config(config, resume=args.resume)
+    output = train_from_config(config, resume=args.resume, overwrite=args.overwrite, allow_changes=args.allow_changes)
     print(f"trained model written to {output}")
     return 0

@@ -139,13 +139,13 @@ def read_records(
     """
     path, kind, on_error = Path(path), RecordKind.parse(kind), OnError.parse(on_error)
     stats = stats if stats is not None else ReadStats()
-    with path.open(encoding="utf-8") as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            if not raw.strip():
+    with path.open("rb") as handle:  # bytes, decoded per line, so a bad byte is reported at its own line
+        for line_no, data in enumerate(handle, start=1):
+            if not data.strip():
                 continue
             try:
                 try:
-                    obj = json.loads(raw)
+                    obj = json.loads(_decode(data, path, line_no))
                 except json.JSONDecodeError as err:
                     raise RecordError(path, line_no, "<json>", f"invalid JSON ({err.msg})") from err
                 record = parse_record(obj, kind, path, line_no)
@@ -157,6 +157,13 @@ def read_records(
                 continue
             stats.read += 1
             yield record
+
+
+def _decode(data: bytes, path: Path, line_no: int) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise RecordError(path, line_no, "<utf-8>", f"not valid UTF-8 (byte {err.start + 1} of the line)") from None
 
 
 def write_records(path: str | Path, records: Iterable[Record]) -> int:

@@ -29,6 +29,7 @@ from piccolo_embed.evaluation.tasks import (
     TaskSpec,
     TaskType,
 )
+from piccolo_embed.textfiles import EncodingError, read_utf8, utf8_lines
 
 TASK_FILE = "task.json"
 QRELS_HEADER = ("query-id", "corpus-id", "score")
@@ -106,30 +107,34 @@ def _rows(path: Path) -> Iterator[_Row]:
     """Yield each line of a JSONL file as a :class:`_Row`; blank lines and non-objects are errors."""
     if not path.is_file():
         raise TaskFormatError(path, "file not found")
-    number = 0
     try:
-        with path.open(encoding="utf-8") as handle:
-            for number, raw in enumerate(handle, start=1):
-                if not raw.strip():
-                    raise TaskFormatError(path, "blank line", line=number)
-                try:
-                    record = json.loads(raw)
-                except json.JSONDecodeError as err:
-                    raise TaskFormatError(path, f"invalid JSON ({err.msg}, column {err.colno})", line=number) from None
-                if not isinstance(record, dict):
-                    raise TaskFormatError(path, f"expected a JSON object, got {type(record).__name__}", line=number)
-                yield _Row(path, number, record)
-    except UnicodeDecodeError as err:
-        raise TaskFormatError(path, f"not valid UTF-8 ({err.reason})", line=number + 1) from None
+        for number, raw in utf8_lines(path):
+            if not raw.strip():
+                raise TaskFormatError(path, "blank line", line=number)
+            try:
+                record = json.loads(raw)
+            except json.JSONDecodeError as err:
+                raise TaskFormatError(path, f"invalid JSON ({err.msg}, column {err.colno})", line=number) from None
+            if not isinstance(record, dict):
+                raise TaskFormatError(path, f"expected a JSON object, got {type(record).__name__}", line=number)
+            yield _Row(path, number, record)
+    except EncodingError as err:
+        raise _not_utf8(err) from None
+
+
+def _not_utf8(err: EncodingError) -> TaskFormatError:
+    return TaskFormatError(err.path, f"not valid UTF-8 (byte {err.column} of the line)", line=err.line)
 
 
 def read_spec(folder: Path) -> TaskSpec:
     """Parse and check ``folder/task.json``."""
     path = folder / TASK_FILE
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = json.loads(read_utf8(path))
     except FileNotFoundError:
         raise TaskFormatError(path, "file not found") from None
+    except EncodingError as err:
+        raise _not_utf8(err) from None
     except json.JSONDecodeError as err:
         raise TaskFormatError(path, f"invalid JSON ({err.msg})", line=err.lineno) from None
     if not isinstance(record, dict):
@@ -248,7 +253,10 @@ def _document(row: _Row) -> str:
 def _read_qrels(path: Path, queries: dict[str, str], corpus: dict[str, str]) -> dict[str, dict[str, int]]:
     if not path.is_file():
         raise TaskFormatError(path, "file not found")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = read_utf8(path).splitlines()
+    except EncodingError as err:
+        raise _not_utf8(err) from None
     if not lines or tuple(lines[0].split("\t")) != QRELS_HEADER:
         raise TaskFormatError(path, f"first line must be the header {chr(9).join(QRELS_HEADER)!r}", line=1)
     qrels: dict[str, dict[str, int]] = {}
@@ -277,6 +285,10 @@ def _load_retrieval(spec: TaskSpec) -> LoaderResult:
     qrels = _read_qrels(spec.path / "qrels" / f"{spec.split}.tsv", queries, corpus)
     # mteb drops queries without a relevant document (their nDCG is undefined); we do the same and count them.
     kept = [qid for qid in queries if any(score > 0 for score in qrels.get(qid, {}).values())]
+    if not kept:
+        raise TaskFormatError(
+            spec.path / "qrels" / f"{spec.split}.tsv", "no query has a relevant document (every score is 0 or less)"
+        )
     data = RetrievalData(
         corpus_ids=tuple(corpus),
         corpus_texts=tuple(corpus.values()),

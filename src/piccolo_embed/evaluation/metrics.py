@@ -9,6 +9,7 @@ them to mteb's own task classes on the same embeddings.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Hashable, Mapping, Sequence
 
@@ -30,6 +31,8 @@ from sklearn.metrics.pairwise import (
     paired_manhattan_distances,
 )
 from threadpoolctl import threadpool_limits
+
+log = logging.getLogger(__name__)
 
 #: BLAS/OpenMP threads for the probe and k-means. Their matrices are small (hundreds to ten thousand rows), so
 #: threading buys little and, on a loaded 2-core machine, oversubscription made them 15-30x slower than one
@@ -75,8 +78,15 @@ def sts_scores(emb1: np.ndarray, emb2: np.ndarray, gold: Sequence[float]) -> dic
     """
     cosine = paired_cosine(emb1, emb2).tolist()
     gold = np.asarray(gold, dtype=np.float64).tolist()
+    if len(set(gold)) < 2 or len(set(cosine)) < 2:  # scipy would return NaN with a ConstantInputWarning
+        log.warning("STS: %s are constant, so correlations are undefined (reported as null)", _constant(gold))
+        return {"cosine_pearson": float("nan"), "cosine_spearman": float("nan")}
     pearson, spearman = float(pearsonr(gold, cosine)[0]), float(spearmanr(gold, cosine)[0])
     return {"cosine_pearson": pearson, "cosine_spearman": spearman}
+
+
+def _constant(gold: Sequence[float]) -> str:
+    return "the gold scores" if len(set(gold)) < 2 else "the model's similarities"
 
 
 def _sorted_by_score(scores: Sequence[float], labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:

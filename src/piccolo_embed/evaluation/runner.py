@@ -6,8 +6,8 @@ computed); per-type means are reported next to it.
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from piccolo_embed.atomic import write_json_atomic
 from piccolo_embed.evaluation.cache import CachedEncoder
 from piccolo_embed.evaluation.evaluators import EVALUATORS, EvalOptions
 from piccolo_embed.evaluation.loading import load_tasks
@@ -105,11 +106,22 @@ class Results:
         }
 
     def save(self, path: str | Path) -> Path:
-        """Write :meth:`to_dict` as UTF-8 JSON (parents created)."""
+        """Write :meth:`to_dict` as UTF-8 JSON, atomically; undefined scores (NaN) become ``null`` with a warning."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        write_json_atomic(path, _nan_to_null(self.to_dict(), ""))
         return path
+
+
+def _nan_to_null(value: Any, where: str) -> Any:
+    """``value`` with every non-finite float replaced by ``None`` (bare ``NaN`` is not JSON), each one logged."""
+    if isinstance(value, Mapping):
+        return {key: _nan_to_null(item, f"{where}.{key}" if where else str(key)) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_nan_to_null(item, f"{where}[{index}]") for index, item in enumerate(value)]
+    if isinstance(value, float) and not math.isfinite(value):
+        log.warning("results: %s is %s (undefined); written as null", where, value)
+        return None
+    return value
 
 
 def format_table(results: Results) -> str:

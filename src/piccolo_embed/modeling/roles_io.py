@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from piccolo_embed.atomic import write_json_atomic
 from piccolo_embed.types import Role, RoleSpec, RoleSpecs
 
 ROLE_FILE = "piccolo_embed.json"
@@ -12,7 +13,7 @@ FORMAT_VERSION = 1
 
 
 def save_role_specs(directory: str | Path, specs: RoleSpecs) -> Path:
-    """Write ``specs`` to ``directory/piccolo_embed.json`` and return the path."""
+    """Write ``specs`` to ``directory/piccolo_embed.json`` (atomically) and return the path."""
     missing = [r.value for r in Role if r not in specs]
     if missing:
         raise ValueError(f"role specs are missing roles: {', '.join(missing)}")
@@ -21,7 +22,7 @@ def save_role_specs(directory: str | Path, specs: RoleSpecs) -> Path:
         "format_version": FORMAT_VERSION,
         "roles": {role.value: specs[role].to_dict() for role in Role},
     }
-    path.write_text(json.dumps(payload, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    write_json_atomic(path, payload)
     return path
 
 

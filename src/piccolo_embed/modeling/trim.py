@@ -17,7 +17,8 @@ Ids are remapped in ascending order of the old id; specials stay in the vocabula
 tokenizer is checked on the whole corpus against the remapped original ids, so any mismatch fails loudly.
 
 Trimming is a training-speed trick, not a way to ship models: the trimmed directory records which base rows it
-kept (``vocab_trim.json``), and :func:`restore_vocabulary` writes a trained model's rows back into the base's full
+kept and the identity of the model and texts it was trimmed from (``vocab_trim.json``, see :func:`trim_matches`),
+and :func:`restore_vocabulary` writes a trained model's rows back into the base's full
 embedding matrix and restores the base tokenizer, so the saved model embeds any text the base could.
 """
 
@@ -34,6 +35,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
+
+from piccolo_embed.modeling.identity import model_fingerprint, texts_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,7 @@ def trim_vocabulary(model_dir: str | Path, texts: Iterable[str], output_dir: str
     _write_model(model_dir, output_dir, kept, new_id)
     _verify(output_dir, texts, encoded, new_id)
     trim_map = _compose_trim_map(model_dir, kept, len(tokenizer))
+    trim_map["source"] = {"fingerprint": model_fingerprint(model_dir), "texts_sha256": texts_fingerprint(texts)}
     (output_dir / TRIM_MAP).write_text(json.dumps(trim_map) + "\n", encoding="utf-8")
     unk = tokenizer.unk_token_id
     report = TrimReport(len(tokenizer), len(kept), len(texts), sum(unk in ids for ids in encoded))
@@ -220,6 +224,18 @@ def _compose_trim_map(model_dir: Path, kept: list[int], vocab_size: int) -> dict
         base_kept = previous["kept_ids"]
         return {**previous, "kept_ids": [base_kept[i] for i in kept]}
     return {"base_model": str(model_dir.resolve()), "base_vocab_size": vocab_size, "kept_ids": kept}
+
+
+def trim_matches(trimmed_dir: Path, model_dir: Path, texts: Iterable[str]) -> bool:
+    """Whether ``trimmed_dir`` was trimmed from this very ``model_dir`` (same weights and tokenizer) to ``texts``."""
+    path = trimmed_dir / TRIM_MAP
+    if not (trimmed_dir / "config.json").is_file() or not path.is_file():
+        return False
+    try:
+        source = json.loads(path.read_text(encoding="utf-8")).get("source") or {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return source == {"fingerprint": model_fingerprint(model_dir), "texts_sha256": texts_fingerprint(texts)}
 
 
 def read_trim_map(model_dir: str | Path) -> list[int] | None:

@@ -20,6 +20,7 @@ import yaml
 from piccolo_embed.data.records import RecordKind
 from piccolo_embed.data.sources import DatasetKind
 from piccolo_embed.losses import ContrastiveObjective
+from piccolo_embed.textfiles import read_utf8
 from piccolo_embed.types import HelpfulEnum, Precision
 
 
@@ -218,7 +219,7 @@ class TrainConfig:
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: Sequence[str] = ()) -> Self:
         """Read ``path`` and apply ``key=value`` overrides (values are YAML: ``--set loss.temperature=0.02``)."""
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        raw = _parse_yaml(read_utf8(Path(path)), str(path)) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
         for item in overrides:
@@ -242,11 +243,23 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         node = node[_index(part, len(node), where)] if isinstance(node, list) else node.setdefault(part, {})
         if not isinstance(node, dict | list):
             raise ConfigError(f"--set {key}: {where} is a value, not a section")
-    value = yaml.safe_load(text)
+    value = _parse_yaml(text, f"--set {key}")
     if isinstance(node, list):
         node[_index(parts[-1], len(node), key)] = value
     else:
         node[parts[-1]] = value
+
+
+def _parse_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load`` whose errors become one line: ``where:line:column: problem``."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        at = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{where}{at}: invalid YAML: {err.problem or err.context}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where}: invalid YAML: {err}") from None
 
 
 def _index(part: str, size: int, where: str) -> int:

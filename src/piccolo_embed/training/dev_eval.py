@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from piccolo_embed.atomic import write_json_atomic
 from piccolo_embed.evaluation.loading import load_tasks
 from piccolo_embed.evaluation.runner import evaluate
 from piccolo_embed.inference.embedder import Embedder
@@ -35,7 +36,7 @@ class DevEvaluator:
         tasks: Task folders (or folders of task folders); loaded and checked once, before training starts.
         roles: The roles the saved model will carry, so dev scores use the model as it will be used.
         output_dir: The run's directory; ``best/`` and ``best.json`` go there.
-        save: Writes a model directory exactly as the run's final save does (vocabulary restored and all).
+        save: Writes a model directory exactly as the run's final save does (vocabulary restored and all), atomically.
         max_per_task: Seeded subsample per task (``None``: whole tasks).
     """
 
@@ -70,6 +71,6 @@ class DevEvaluator:
             self.save(model, self.output_dir / BEST_DIR)
             model.train()
             record = {"step": step, "average": results.average, "scores": scores}
-            (self.output_dir / BEST_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+            write_json_atomic(self.output_dir / BEST_FILE, record)
             log.info("step %d: new best dev average %.2f, saved to %s", step, 100 * results.average, BEST_DIR)
         return scores

@@ -7,7 +7,7 @@ the dataloader to skip batches instead of seeking; sentence-transformers' collat
 one ``max_seq_length`` and picks losses through an added ``dataset_name`` column; and throughput logging needs
 callbacks. Overriding ``get_train_dataloader``, ``compute_loss``, ``_save``, the collator and the logging would
 leave little of it. Accelerate still does the parts worth sharing: DDP (and DeepSpeed through ``accelerate
-launch``), autocast with a grad scaler, and saving/restoring model, optimizer and RNG states; this module owns
+launch``) and autocast with a grad scaler; checkpoints are ours (see ``checkpoint``: no pickles); this module owns
 the step loop, the sampler position and the logs.
 """
 
@@ -23,13 +23,21 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from piccolo_embed import distributed
+from piccolo_embed.atomic import write_text_atomic
 from piccolo_embed.inference.cpu_bf16 import cpu_has_amx
-from piccolo_embed.training.checkpoint import latest_checkpoint, save_checkpoint
+from piccolo_embed.training.checkpoint import (
+    CHECKPOINTS,
+    CheckpointError,
+    TrainingObjects,
+    intact_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
 from piccolo_embed.types import Precision
 
 if TYPE_CHECKING:
@@ -61,6 +69,7 @@ class LoopOptions:
     eval_every: int = 0
     tensorboard: bool = False
     progress: bool = True
+    run_config: Mapping[str, Any] | None = None  # recorded in every checkpoint, for resume to compare against
 
 
 class StepEvaluator(Protocol):
@@ -80,7 +89,7 @@ class TrainState:
     step_in_epoch: int = 0
 
     def state_dict(self) -> dict[str, Any]:
-        """For ``accelerator.register_for_checkpointing``."""
+        """The sampler position, recorded in ``checkpoint.json``."""
         return {"step": self.step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -167,12 +176,12 @@ def fit(
     wrapped, optimizer = accelerator.prepare(model, optimizer)
     loss.use_model(wrapped)
     state = TrainState()
-    # The scheduler is registered rather than prepared: a prepared one steps once per process per step.
-    accelerator.register_for_checkpointing(scheduler, state)
+    # The scheduler is not prepared: a prepared one steps once per process per step.
+    objects = TrainingObjects(wrapped, optimizer, scheduler)
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        accelerator.register_for_checkpointing(scheduler)
     if resume:
-        checkpoint = latest_checkpoint(options.output_dir)
-        accelerator.load_state(str(checkpoint))
-        log.info("resumed from %s at step %d (epoch %d)", checkpoint, state.step, state.epoch)
+        _resume(accelerator, objects, state, options.output_dir)
     wrapped.train()
     meter = _Meter(options, accelerator.device)
     bar = tqdm(total=options.max_steps, initial=state.step, disable=not (options.progress and distributed.is_main()))
@@ -191,13 +200,51 @@ def fit(
             if evaluator and options.eval_every and _due(state.step, options.eval_every, options.max_steps):
                 _evaluate(accelerator, evaluator, wrapped, state.step, meter)
             if options.save_every and state.step % options.save_every == 0 and state.step < options.max_steps:
-                save_checkpoint(accelerator, options.output_dir, state.step, options.save_total_limit)
+                save_checkpoint(
+                    accelerator,
+                    objects,
+                    options.output_dir,
+                    state.state_dict(),
+                    keep=options.save_total_limit,
+                    config=options.run_config,
+                )
             if state.step >= options.max_steps:
                 break
     bar.close()
     meter.close()
     accelerator.wait_for_everyone()
     return accelerator.unwrap_model(wrapped)
+
+
+def _resume(accelerator: Accelerator, objects: TrainingObjects, state: TrainState, output_dir: Path) -> None:
+    """Restore the newest checkpoint that loads, warning about each newer broken one; cut the log back to it.
+
+    Raises:
+        FileNotFoundError: No checkpoint loads.
+    """
+    for path, record in intact_checkpoints(output_dir):
+        try:
+            load_checkpoint(accelerator, objects, path)
+        except CheckpointError as err:
+            log.warning("skipping broken checkpoint %s: %s", path.name, err)
+            continue
+        state.load_state_dict(record)
+        if distributed.is_main():
+            _truncate_log(output_dir / LOG_FILE, state.step)
+        log.info("resumed from %s at step %d (epoch %d)", path, state.step, state.epoch)
+        return
+    raise FileNotFoundError(
+        f"--resume: no checkpoint to resume from under {output_dir / CHECKPOINTS} (broken ones are named above)"
+    )
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop the log lines of steps after the resumed checkpoint, so the log reads as one run."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+    write_text_atomic(path, "".join(kept))
 
 
 def _due(step: int, every: int, max_steps: int) -> bool:

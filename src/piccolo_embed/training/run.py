@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,6 +12,7 @@ import torch
 from accelerate.utils import set_seed
 
 from piccolo_embed import distributed
+from piccolo_embed.atomic import move_files_into, replace_dir, staging_dir, write_json_atomic
 from piccolo_embed.data.collator import RoleAwareCollator
 from piccolo_embed.data.records import OnError, RecordKind
 from piccolo_embed.data.sampler import OneDatasetBatchSampler
@@ -28,9 +28,10 @@ from piccolo_embed.inference.embedder import Embedder
 from piccolo_embed.losses import build_hybrid_loss
 from piccolo_embed.modeling.loading import load_sentence_transformer, resolve_model_dir
 from piccolo_embed.modeling.trim import read_trim_map, restore_vocabulary
-from piccolo_embed.training.checkpoint import checkpoints
-from piccolo_embed.training.dev_eval import DevEvaluator
-from piccolo_embed.training.loop import LoopOptions, fit, make_accelerator
+from piccolo_embed.training.checkpoint import CHECKPOINTS, checkpoints, intact_checkpoints
+from piccolo_embed.training.dev_eval import BEST_FILE, DevEvaluator
+from piccolo_embed.training.loop import LOG_FILE, LoopOptions, fit, make_accelerator
+from piccolo_embed.training.resume import check_resume_config
 from piccolo_embed.types import Role, RoleSpec, RoleSpecs
 
 if TYPE_CHECKING:
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 
 CONFIG_FILE = "train_config.json"
 TRIMMED_BASE = "trimmed-base"
+# The files that make a directory load as a model: removed first and written last when a model is replaced.
+MODEL_MARKERS = ("modules.json", "config.json")
 
 
 def source_specs(data: DataConfig) -> list[SourceSpec]:
@@ -69,10 +72,25 @@ def role_specs(model: ModelConfig, limit: int) -> RoleSpecs:
     }
 
 
-def train_from_config(config: TrainConfig, *, resume: bool = False) -> Path:
-    """Run the whole recipe and write the model (sentence-transformers layout + role settings) to ``output_dir``."""
+def train_from_config(
+    config: TrainConfig, *, resume: bool = False, overwrite: bool = False, allow_changes: Collection[str] = ()
+) -> Path:
+    """Run the whole recipe and write the model (sentence-transformers layout + role settings) to ``output_dir``.
+
+    Args:
+        config: The whole run.
+        resume: Continue from the newest intact checkpoint in ``output_dir``.
+        overwrite: Start afresh in an ``output_dir`` that holds a finished model or checkpoints (they are replaced).
+        allow_changes: Config keys (of ``resume.RESUMABLE_CHANGES``) that may differ from the checkpoint's.
+
+    Raises:
+        FileExistsError: ``output_dir`` holds a model or checkpoints, and neither ``resume`` nor ``overwrite``.
+        ValueError: On resume, the config differs from the checkpoint's in a key not allowed to change.
+    """
     output_dir = Path(config.training.output_dir)
-    _check_output_dir(output_dir, resume)
+    _prepare_output_dir(output_dir, resume=resume, overwrite=overwrite)
+    if resume:
+        _check_resume(output_dir, config, allow_changes)
     accelerator = make_accelerator(
         config.training.precision,
         deepspeed_config=config.training.deepspeed,
@@ -114,9 +132,14 @@ def train_from_config(config: TrainConfig, *, resume: bool = False) -> Path:
         return torch.utils.data.DataLoader(mixture, batch_sampler=sampler, collate_fn=collator, generator=generator)
 
     def save(trained: SentenceTransformer, target: Path) -> None:
-        Embedder(trained, roles).save_pretrained(target)
-        if config.model.trim_vocab:
-            restore_vocabulary(target, base_dir, read_trim_map(model_dir) or [])
+        with staging_dir(target) as tmp:
+            Embedder(trained, roles).save_pretrained(tmp)
+            if config.model.trim_vocab:
+                restore_vocabulary(tmp, base_dir, read_trim_map(model_dir) or [])
+            if target == output_dir:  # the run directory also holds checkpoints and logs
+                move_files_into(tmp, target, last=MODEL_MARKERS)
+            else:
+                replace_dir(tmp, target)
 
     evaluator = _dev_evaluator(config, roles, output_dir, save)
     options = _loop_options(config, output_dir, sampler.steps_per_epoch)
@@ -126,10 +149,18 @@ def train_from_config(config: TrainConfig, *, resume: bool = False) -> Path:
         save(trained, output_dir)
         if config.model.trim_vocab:  # a training intermediate: the saved model has the whole vocabulary
             shutil.rmtree(output_dir / TRIMMED_BASE, ignore_errors=True)
-        (output_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), ensure_ascii=False, indent=2) + "\n")
+        write_json_atomic(output_dir / CONFIG_FILE, config.to_dict())
         log.info("saved the trained model to %s", output_dir)
     distributed.barrier()
     return output_dir
+
+
+def _check_resume(output_dir: Path, config: TrainConfig, allow_changes: Collection[str]) -> None:
+    """Compare ``config`` with the newest intact checkpoint's, before any data or model is loaded."""
+    newest = next(intact_checkpoints(output_dir), None)
+    if newest is None:
+        raise FileNotFoundError(f"--resume: no checkpoint to resume from under {output_dir / CHECKPOINTS}")
+    check_resume_config(newest[1].get("config"), config.to_dict(), allow_changes)
 
 
 def _dev_evaluator(
@@ -177,16 +208,34 @@ def _loop_options(config: TrainConfig, output_dir: Path, steps_per_epoch: int) -
         save_total_limit=training.save_total_limit,
         eval_every=training.eval.every if training.eval.tasks else 0,
         tensorboard=training.tensorboard,
+        run_config=config.to_dict(),
     )
 
 
-def _check_output_dir(output_dir: Path, resume: bool) -> None:
-    if not resume and checkpoints(output_dir):
-        raise FileExistsError(
-            f"{output_dir} already holds checkpoints: pass --resume to continue, or choose another output_dir"
-        )
-    if distributed.is_main():
-        output_dir.mkdir(parents=True, exist_ok=True)
+def _prepare_output_dir(output_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to replace an earlier run silently; a fresh run starts its own log and best score.
+
+    With ``overwrite`` the old checkpoints go now (a resume must not mix runs), while the old model stays until
+    the new one replaces it at the end of training.
+    """
+    if not resume and not overwrite:
+        if checkpoints(output_dir):
+            raise FileExistsError(
+                f"{output_dir} already holds checkpoints: pass --resume to continue, --overwrite to start afresh, "
+                "or choose another output_dir"
+            )
+        if any((output_dir / name).exists() for name in (CONFIG_FILE, *MODEL_MARKERS)):
+            raise FileExistsError(
+                f"{output_dir} already holds a trained model: pass --overwrite to replace it, "
+                "or choose another output_dir"
+            )
+    if not distributed.is_main():
+        return
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        shutil.rmtree(output_dir / CHECKPOINTS, ignore_errors=True)
+        for name in (LOG_FILE, BEST_FILE):
+            (output_dir / name).unlink(missing_ok=True)
 
 
 def _log_plan(sources: list[TrainSource], sampler: OneDatasetBatchSampler, max_steps: int) -> None:
@@ -212,18 +261,26 @@ def _log_plan(sources: list[TrainSource], sampler: OneDatasetBatchSampler, max_s
 def _trimmed_base(model_dir: Path, sources: list[TrainSource], model: ModelConfig, output_dir: Path) -> Path:
     """Trim the base model's vocabulary to the training texts, as the collator will build them, once per run.
 
+    A ``trimmed-base`` already there is reused only if it was trimmed from this base (weights and tokenizer
+    fingerprint) and these texts; otherwise it is rebuilt beside and swapped in.
+
     Only training texts: the saved model gets the base's whole vocabulary back, so evaluation texts need not be
     known in advance.
     """
-    from piccolo_embed.modeling.trim import trim_vocabulary
+    from piccolo_embed.modeling.trim import trim_matches, trim_vocabulary
 
     target = output_dir / TRIMMED_BASE
-    if distributed.is_main() and not (target / "config.json").is_file():
+    if distributed.is_main():
         texts = [model.query_prefix, model.passage_prefix]
         for source in sources:
             texts.extend(_embedded_texts(source, model))
-        report = trim_vocabulary(model_dir, texts, target)
-        log.info("trimmed the vocabulary to the training texts: %s", report)
+        if trim_matches(target, model_dir, texts):
+            log.info("reusing %s: trimmed from this base model and these texts", target)
+        else:
+            with staging_dir(target) as tmp:
+                report = trim_vocabulary(model_dir, texts, tmp)
+                replace_dir(tmp, target)
+            log.info("trimmed the vocabulary to the training texts: %s", report)
     distributed.barrier()
     return target
 

@@ -1,0 +1,116 @@
+"""Durable writes: a reader sees the old file or directory or the new one, never a half-written one.
+
+Each helper writes to a temporary name beside the target, fsyncs the data, renames, then fsyncs the parent
+directory so the rename itself survives a power cut (``os.replace`` alone only orders it in the page cache).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+
+def fsync_dir(directory: Path) -> None:
+    """Flush a directory's entries (renames, creations) to disk; a no-op where directories cannot be opened."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def fsync_tree(directory: Path) -> None:
+    """Flush every file under ``directory`` and every directory's entries."""
+    for root, _dirs, files in os.walk(directory):
+        for name in files:
+            with (Path(root) / name).open("rb") as handle:
+                os.fsync(handle.fileno())
+        fsync_dir(Path(root))
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a synced temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.chmod(0o644)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """:func:`write_bytes_atomic` for UTF-8 text."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: Path, payload: object) -> None:
+    """:func:`write_bytes_atomic` for an indented JSON document (``NaN`` refused: it is not JSON)."""
+    write_text_atomic(path, json.dumps(payload, ensure_ascii=False, indent=2, allow_nan=False) + "\n")
+
+
+@contextlib.contextmanager
+def staging_dir(target: Path) -> Iterator[Path]:
+    """A fresh temporary directory beside ``target``, removed afterwards unless its content was moved away."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_dir(tmp: Path, target: Path) -> None:
+    """Swap the finished directory ``tmp`` in for ``target`` (which may exist), synced before and after.
+
+    POSIX cannot rename over a non-empty directory, so an old ``target`` is first renamed aside; a kill between
+    the two renames leaves no ``target`` but the old one complete under ``.<name>.old-*``, never a mixed one.
+    """
+    fsync_tree(tmp)
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        target.replace(old / "old")
+    tmp.replace(target)
+    fsync_dir(target.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def move_files_into(tmp: Path, target: Path, *, last: Iterable[str] = ()) -> None:
+    """Move ``tmp``'s entries into the existing directory ``target``, the ``last`` names after all others.
+
+    For a model saved into a run directory that holds other things (checkpoints, logs): each entry is renamed
+    atomically, the ``last`` ones (the files that make the directory loadable) are removed from ``target`` first
+    and put back at the end, so a kill in between leaves a directory that does not load, never a mixed model.
+    """
+    fsync_tree(tmp)
+    last = [name for name in last if (tmp / name).exists()]
+    for name in last:
+        _remove(target / name)
+    fsync_dir(target)
+    for entry in sorted(tmp.iterdir(), key=lambda path: path.name in last):
+        _remove(target / entry.name)
+        entry.replace(target / entry.name)
+    fsync_dir(target)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
