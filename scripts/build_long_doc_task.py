@@ -163,7 +163,7 @@ def _report(output: Path, documents: dict[str, str], sections: list[Section], qr
     starts = [where[p].start for q in qrels for p, score in data.qrels[q].items() if score > 0]
     lengths = sorted(len(text) for text in documents.values())
     late = sum(start >= 512 for start in starts) / max(len(starts), 1)
-    print(  # noqa: T201
+    print(
         f"wrote {output}: {len(documents)} documents (median {lengths[len(lengths) // 2]} characters), "
         f"{len(qrels)} queries; {late:.0%} of the relevant paragraphs start after character 512"
     )
