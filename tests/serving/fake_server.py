@@ -3,7 +3,8 @@
     python tests/serving/fake_server.py PORT '{"api_key": "k", "drain_s": 0.5}'
 
 The second argument holds :class:`ServerSettings` fields. The fake model answers in microseconds except for
-texts that script it: ``slow`` makes its forward pass sleep 0.5 s, ``nan`` gives its row NaN values.
+texts that script it: ``slow`` makes its forward pass sleep 0.5 s (``stall``: 3 s), ``nan`` gives its row NaN
+values.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from piccolo_embed.serving.settings import ServerSettings
 from piccolo_embed.types import Role, RoleSpec
 
 SLOW_PASS_S = 0.5
+STALL_S = 3.0
 DIM = 8
 
 
@@ -41,10 +43,10 @@ class ScriptedModel:
         return [[ord(char) for char in text[:64]] for text in texts]
 
     def encode_ids(self, ids: Sequence[Sequence[int]], **_: object) -> np.ndarray:
-        """Unit vectors; a pass with a ``slow`` text sleeps first, a ``nan`` text gets a NaN row."""
+        """Unit vectors; a pass with a ``slow`` or ``stall`` text sleeps first, a ``nan`` text gets a NaN row."""
         texts = ["".join(map(chr, row)) for row in ids]
-        if "slow" in texts:
-            time.sleep(SLOW_PASS_S)
+        if "slow" in texts or "stall" in texts:
+            time.sleep(STALL_S if "stall" in texts else SLOW_PASS_S)
         vectors = np.ones((len(ids), DIM), dtype=np.float32) / np.sqrt(DIM)
         vectors[:, 0] *= np.array([len(row) for row in ids], dtype=np.float32) / 64
         vectors[[text == "nan" for text in texts]] = np.nan

@@ -287,16 +287,17 @@ def test_abandoned_requests_are_dropped_before_encoding_and_counted_cancelled(se
         b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\nContent-Type: application/json\r\n"
     )
     with ThreadPoolExecutor(1) as pool:
-        busy = pool.submit(server.embed, ["slow"])  # holds the model for half a second
-        time.sleep(0.15)
+        busy = pool.submit(server.embed, ["stall"], 30.0)  # holds the model for 3 s
+        time.sleep(0.3)
         with _connect(server) as sock:  # queued behind it, then the client leaves
             sock.sendall(request + b"Content-Length: %d\r\n\r\n" % len(body) + body)
             time.sleep(0.1)
+        _eventually(lambda: server.metric(cancelled), before[0] + 1)
         with _connect(server) as sock:  # leaves in the middle of its body
             sock.sendall(request + b"Content-Length: %d\r\n\r\n" % len(body) + body[:10])
+        _eventually(lambda: server.metric(cancelled), before[0] + 2)
         assert busy.result().status_code == 200
-    _eventually(lambda: server.metric(cancelled), before[0] + 2)
-    assert server.metric("piccolo_embed_texts_total") == before[1] + 1  # only "slow" was encoded
+    assert server.metric("piccolo_embed_texts_total") == before[1] + 1  # only "stall" was encoded
     assert server.metric('piccolo_embed_requests_total{route="/v1/embeddings",status="500"}') == before[2]
 
 

@@ -8,9 +8,9 @@ before the app (and its API-key check) sees anything. :class:`GuardedHttpToolsPr
 * a deadline for the head (from connect or the first byte of a request) and one for the body: 408 and close
   for a late head, close for a late body (the app sees a disconnect);
 * a cap on open connections: when a new one would exceed it, the connection that has waited longest for
-  client bytes (a slow head or body, or an idle keep-alive) is closed to make room, so slow clients cannot
-  lock out ``/health`` or well-behaved callers; only when every connection has a request being answered is
-  the newcomer refused (503).
+  client bytes (a slow head or body; idle keep-alives that were already answered only after those) is closed
+  to make room, so slow clients cannot lock out ``/health`` or well-behaved callers; only when every
+  connection has a request being answered is the newcomer refused (503).
 
 :class:`DrainingServer` starts the batcher's drain when uvicorn begins to shut down (SIGTERM, SIGINT): what is
 queued keeps running for ``drain_s`` seconds, then gets 503, so a backlog cannot hold shutdown hostage.
@@ -65,6 +65,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_count = 0
         self._parsing_head = False
         self._waiting_since: float | None = time.monotonic()  # waiting for client bytes since (None: answering)
+        self._answered = False  # a request on this connection was answered
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections:
             self._make_room()
@@ -121,6 +122,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         """Answered: the connection now waits for client bytes again (uvicorn's keep-alive timeout applies)."""
         self._waiting_since = time.monotonic()
+        self._answered = True
         super().on_response_complete()
 
     def send_400_response(self, msg: str) -> None:
@@ -139,7 +141,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if not waiting:
             self._refuse(503, "too_many_connections", "too many open connections; retry shortly")
             return
-        oldest = min(waiting, key=lambda connection: connection._waiting_since)
+        # Connections that never completed a request go first (slow heads), then idle keep-alives; oldest first.
+        oldest = min(waiting, key=lambda connection: (connection._answered, connection._waiting_since))
         oldest._close("evicted")
 
     def _arm(self, seconds: float, callback: Callable[[], None]) -> None:
