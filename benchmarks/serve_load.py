@@ -3,7 +3,6 @@
     python benchmarks/serve_load.py                      # starter, 32 clients, 20 s with 1 and with 8 texts/request
     python benchmarks/serve_load.py --model DIR --clients 32 --duration 20 --texts-per-request 1
     python benchmarks/serve_load.py --engine onnx-int8 --texts-per-request 8   # server and baseline on int8 ONNX
-    python benchmarks/serve_load.py --workers 1          # one batching worker with all torch threads
     python benchmarks/serve_load.py --threads 1          # the model on one core, HTTP and clients on the rest
 
 The server runs in a child process (as in production); the clients are asyncio tasks in this process.
@@ -86,7 +85,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-batch-tokens", type=int, default=16384)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=0, help="server torch threads (0: the server's default)")
-    parser.add_argument("--workers", type=int, default=0, help="server batching workers (0: the server's default)")
     parser.add_argument(
         "--engine",
         choices=sorted(ENGINES),
@@ -156,7 +154,6 @@ def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
     argv += ["--max-batch-tokens", str(args.max_batch_tokens), "--max-wait-ms", str(args.max_wait_ms)]
     argv += ["--max-inputs", str(max(256, *args.texts_per_request))]
     argv += ["--threads", str(args.threads)] if args.threads else []
-    argv += ["--workers", str(args.workers)] if args.workers else []
     argv += ENGINES[args.engine][0]
     # a file, not a pipe: an unread pipe could fill up and stall the server
     log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - lives as long as the server process
@@ -399,8 +396,7 @@ def main() -> int:
         f"clients: {args.clients} x {'/'.join(map(str, args.texts_per_request))} text(s)/request ({args.client}), "
         f"{args.encoding_format} vectors, {args.duration:g} s "
         f"measured after {args.warmup:g} s warm-up; server: engine {args.engine}, batch {args.batch_size}, "
-        f"max wait {args.max_wait_ms} ms, threads {args.threads or 'default'}, "
-        f"workers {args.workers or 'default'}; "
+        f"max wait {args.max_wait_ms} ms, threads {args.threads or 'default'}; "
         f"torch default threads {torch.get_num_threads()}; cpus {os.cpu_count()}"
     )
     server_threads = args.threads or torch.get_num_threads()  # the server's own default
@@ -411,7 +407,7 @@ def main() -> int:
     loads: dict[int, tuple[Tally, dict[str, float]]] = {}
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/info", timeout=10) as response:
-            workers = int(json.load(response)["limits"]["workers"])
+            workers = int(json.load(response)["limits"].get("workers", 1))  # one batching thread since issue 17
         brackets = [offline_rates(embedder, texts, args, threads)]  # the server is up and idle
         for size, phase in phases.items():
             loads[size] = asyncio.run(run_load(port, texts, phase))

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 pytest.importorskip("uvicorn")
-import uvicorn
 from fastapi.testclient import TestClient
 
 from piccolo_embed.cli import build_parser
 from piccolo_embed.cli.serve import GIL_SWITCH_INTERVAL_S, run, settings_from_args
+from piccolo_embed.serving import server
 from piccolo_embed.types import Role
 
 MODULES = ("piccolo_embed.cli.serve",)
@@ -34,43 +34,42 @@ def test_arguments_become_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_invalid_limits_are_user_errors() -> None:
     args = build_parser(MODULES).parse_args(["serve", "--model", "m", "--max-queue-texts", "4"])
-    with pytest.raises(ValueError, match="max_inputs_per_request"):
+    with pytest.raises(ValueError, match="--max-inputs"):
         settings_from_args(args)
-    for flag in ("--threads", "--workers"):
-        args = build_parser(MODULES).parse_args(["serve", "--model", "m", flag, "0"])
-        with pytest.raises(ValueError, match=flag):
-            run(args)  # refused before the (missing) model is loaded
+    args = build_parser(MODULES).parse_args(["serve", "--model", "m", "--threads", "0"])
+    with pytest.raises(ValueError, match="--threads"):
+        run(args)  # refused before the (missing) model is loaded
 
 
 def test_handler_serves_the_model(tiny_bert_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     captured: dict[str, object] = {}
     monkeypatch.delenv("PICCOLO_EMBED_API_KEY", raising=False)
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: captured.update(app=app, **kwargs))
+    monkeypatch.setattr(server, "serve", lambda app, settings, **kwargs: captured.update(app=app, **kwargs))
     switch_interval = sys.getswitchinterval()
     monkeypatch.setattr(sys, "setswitchinterval", lambda seconds: captured.update(switch_interval=seconds))
     threads = torch.get_num_threads()  # restored below: run() sets torch's global thread count
     args = build_parser(MODULES).parse_args(
-        ["serve", "--model", str(tiny_bert_dir), "--port", "8123", "--threads", "2", "--workers", "2"]
+        ["serve", "--model", str(tiny_bert_dir), "--port", "8123", "--threads", "1"]
     )
     try:
         assert run(args) == 0
-        assert torch.get_num_threads() == 1  # each of the two workers gets one of the two threads
+        assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
     assert (captured["host"], captured["port"], captured["access_log"]) == ("127.0.0.1", 8123, False)
     assert captured["switch_interval"] == GIL_SWITCH_INTERVAL_S < switch_interval  # the worker gets the GIL sooner
     with TestClient(captured["app"]) as client:
         info = client.get("/info").json()
-        assert (info["model"], info["limits"]["workers"]) == (str(tiny_bert_dir), 2)
+        assert info["model"] == str(tiny_bert_dir)
         assert client.post("/v1/embeddings", json={"input": "你好"}).status_code == 200
 
 
-def test_one_worker_with_every_thread_by_default(tiny_bert_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_thread_by_default(tiny_bert_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     captured: dict[str, object] = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: captured.update(app=app))
+    monkeypatch.setattr(server, "serve", lambda app, settings, **kwargs: captured.update(app=app))
     monkeypatch.setattr(sys, "setswitchinterval", lambda seconds: None)
     threads = torch.get_num_threads()
     assert run(build_parser(MODULES).parse_args(["serve", "--model", str(tiny_bert_dir)])) == 0
     assert torch.get_num_threads() == threads
     with TestClient(captured["app"]) as client:
-        assert client.get("/info").json()["limits"]["workers"] == 1
+        assert client.get("/health").status_code == 200

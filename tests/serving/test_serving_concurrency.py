@@ -65,8 +65,7 @@ def _workload(seed: int) -> list[tuple[list[str], Role]]:
     ]
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_concurrent_requests_match_direct_encode_and_are_batched(embedder: Embedder, workers: int) -> None:
+def test_concurrent_requests_match_direct_encode_and_are_batched(embedder: Embedder) -> None:
     clients = 32
     workloads = [_workload(seed) for seed in range(clients)]
     # Direct encode, before the server starts (afterwards only its worker may use the model); one call per role.
@@ -74,7 +73,7 @@ def test_concurrent_requests_match_direct_encode_and_are_batched(embedder: Embed
     for role in Role:
         texts = sorted({text for work in workloads for batch, r in work if r is role for text in batch})
         expected.update(zip(((text, role) for text in texts), embedder.encode(texts, role), strict=True))
-    app = build_app(embedder, ServerSettings(max_wait_ms=20.0, max_batch_size=32, workers=workers))
+    app = build_app(embedder, ServerSettings(max_wait_ms=20.0, max_batch_size=32))
 
     def client(
         http: httpx.Client, work: list[tuple[list[str], Role]]

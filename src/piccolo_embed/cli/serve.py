@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import ipaddress
 import logging
 import sys
@@ -40,6 +39,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     limits.add_argument("--max-wait-ms", type=float, default=5.0, help="longest a part-full batch waits for more")
     limits.add_argument("--max-queue-texts", type=int, default=4096, help="texts waiting before requests get 429")
     limits.add_argument("--request-timeout", type=float, default=60.0, help="seconds before a waiting request gets 503")
+    guard = parser.add_argument_group("connections (slow or oversized clients)")
+    guard.add_argument("--max-connections", type=int, default=1024, help="open connections before the slowest is shed")
+    guard.add_argument("--max-header-bytes", type=int, default=16 * 1024, help="largest request line plus headers")
+    guard.add_argument("--max-headers", type=int, default=100, help="most headers per request")
+    guard.add_argument("--header-timeout", type=float, default=10.0, help="seconds to send a request's head")
+    guard.add_argument("--body-timeout", type=float, default=60.0, help="seconds to send a request's body")
+    guard.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=10.0,
+        help="on SIGTERM/SIGINT, seconds queued work keeps running before it is answered 503",
+    )
     parser.add_argument(
         "--api-key",
         default=None,
@@ -50,81 +61,80 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--threads",
         type=int,
         default=None,
-        help="torch CPU threads for the model, split between the workers (default: torch's default, one per "
-        "core; on an idle 2-core box that served 1.7x the texts/s of leaving a core to HTTP, see "
-        "benchmarks/serve_load.py)",
-    )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        help="batching worker threads, each running forward passes with --threads/workers torch threads "
-        "(default 1; on a 2-core box 2 served 7%% more texts/s with 8 texts per request and 2%% fewer with 1, "
-        "see docs/performance.md)",
+        help="torch CPU threads for the model (default: torch's default, one per core; on an idle 2-core box "
+        "that served 1.7x the texts/s of leaving a core to HTTP, see benchmarks/serve_load.py)",
     )
     parser.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
     parser.set_defaults(func=run)
 
 
+# ServerSettings field -> the flag that sets it, so a refused value is reported by the name the user typed
+FLAGS = {
+    "max_inputs_per_request": "--max-inputs",
+    "max_chars_per_text": "--max-chars",
+    "max_request_bytes": "--max-request-bytes",
+    "max_batch_size": "--batch-size",
+    "max_batch_tokens": "--max-batch-tokens",
+    "max_wait_ms": "--max-wait-ms",
+    "max_queue_texts": "--max-queue-texts",
+    "request_timeout_s": "--request-timeout",
+    "max_connections": "--max-connections",
+    "max_header_bytes": "--max-header-bytes",
+    "max_headers": "--max-headers",
+    "header_timeout_s": "--header-timeout",
+    "body_timeout_s": "--body-timeout",
+    "drain_s": "--drain-seconds",
+}
+
+
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
-    """The server settings described by ``args`` (validated by :class:`ServerSettings` itself)."""
-    return ServerSettings(
-        model_name=args.served_model_name or str(args.model),
-        default_role=Role.parse(args.default_role),
-        max_inputs_per_request=args.max_inputs,
-        max_chars_per_text=args.max_chars,
-        max_request_bytes=args.max_request_bytes,
-        max_batch_size=args.batch_size,
-        max_batch_tokens=args.max_batch_tokens,
-        max_wait_ms=args.max_wait_ms,
-        max_queue_texts=args.max_queue_texts,
-        request_timeout_s=args.request_timeout,
-        api_key=args.api_key or ServerSettings.api_key_from_env(),
-    )
+    """The server settings described by ``args``; a refused value raises ``ValueError`` naming its flag."""
+    values = {field: getattr(args, flag.removeprefix("--").replace("-", "_")) for field, flag in FLAGS.items()}
+    try:
+        return ServerSettings(
+            model_name=args.served_model_name or str(args.model),
+            default_role=Role.parse(args.default_role),
+            api_key=args.api_key or ServerSettings.api_key_from_env(),
+            **values,
+        )
+    except ValueError as err:
+        message = str(err)
+        for field, flag in FLAGS.items():
+            if message.startswith(f"{field} "):
+                message = flag + message.removeprefix(field)
+        raise ValueError(message) from None
 
 
 def run(args: argparse.Namespace) -> int:
     """Load the model and serve until interrupted."""
     try:
-        import uvicorn
-
         from piccolo_embed.serving.app import build_app
+        from piccolo_embed.serving.server import serve
     except ImportError as err:
         raise OSError(f"the server needs the 'server' extra: pip install 'piccolo-embed[server]' ({err})") from None
     settings = settings_from_args(args)
     if settings.api_key is None and not _is_loopback(args.host):
         log.warning("listening on %s without an API key: anyone who can reach it can use the model", args.host)
-    _check_counts(args.threads, args.workers)
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    _check_device(args.device)
     _share_the_gil()
     embedder = load_embedder(args)
-    workers = _set_threads(args.threads, args.workers)
-    app = build_app(embedder, dataclasses.replace(settings, workers=workers))
-    uvicorn.run(app, host=args.host, port=args.port, access_log=args.access_log, log_level="info")
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    app = build_app(embedder, settings)
+    serve(app, settings, host=args.host, port=args.port, access_log=args.access_log, log_level="info")
     return 0
 
 
-def _check_counts(threads: int | None, workers: int | None) -> None:
-    """Refuse bad counts before the model loads (that can take minutes)."""
-    for flag, value in (("--threads", threads), ("--workers", workers)):
-        if value is not None and value < 1:
-            raise ValueError(f"{flag} must be at least 1, got {value}")
-
-
-def _set_threads(threads: int | None, workers: int | None) -> int:
-    """Give each batching worker an equal part of the torch threads; return how many workers there are.
-
-    Worker threads pick torch's setting up when they first run a pass. Why one worker by default: on the
-    2-core box two workers of one thread each served 7% more texts/s than one of two threads with 8 texts
-    per request, but 2% fewer with 1 text per request, the case the server's acceptance test most likely
-    means; more cores were not measured (docs/performance.md).
-    """
+def _check_device(device: str) -> None:
+    """Refuse ``--device cuda`` without CUDA in one line, before the model loads."""
     import torch
 
-    workers = workers or 1
-    per_worker = max(1, (threads or torch.get_num_threads()) // workers)
-    torch.set_num_threads(per_worker)
-    log.info("model runs on %d worker(s) of %d torch thread(s)", workers, per_worker)
-    return workers
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: torch sees no CUDA device here; use --device cpu or auto")
 
 
 def _share_the_gil() -> None:

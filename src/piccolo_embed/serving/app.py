@@ -6,8 +6,8 @@ Routes:
     ``POST /embed``: native (``texts``, ``role``, ``normalize``, ``truncate``, ``dimensions``).
     ``GET /health`` (never needs the API key), ``GET /info``, ``GET /metrics`` (Prometheus text).
 
-Handlers never touch the model: they validate, submit to the :class:`DynamicBatcher` (whose worker threads
-run the model; see its module docstring for how) and await the result. Well-formed embedding
+Handlers never touch the model: they validate, submit to the :class:`DynamicBatcher` (whose worker thread
+runs the model; see its module docstring for how) and await the result. Well-formed embedding
 requests skip FastAPI's router (:mod:`piccolo_embed.serving.front` says why); the FastAPI routes run the
 same handlers and word every error.
 """
@@ -33,6 +33,7 @@ from piccolo_embed.serving.batcher import (
     DynamicBatcher,
     Embedded,
     InputTooLongError,
+    NonFiniteOutputError,
     QueueFullError,
     TokenCounter,
 )
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
 ROUTES = ("/v1/embeddings", "/v1/models", "/embed", "/health", "/info", "/metrics", "/docs", "/openapi.json")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": wire.ErrorResponse} for code in (400, 401, 413, 429, 503)
+    code: {"model": wire.ErrorResponse} for code in (400, 401, 413, 429, 500, 503)
 }
 
 
@@ -64,7 +65,7 @@ class ServedModel(BatchModel, Protocol):
 
     @property
     def tokenizer(self) -> Any:
-        """A Hugging Face tokenizer (used only by the batcher's workers, one at a time)."""
+        """A Hugging Face tokenizer (used only by the batcher's worker thread)."""
         ...
 
 
@@ -87,7 +88,7 @@ def untruncated_counter(model: ServedModel) -> TokenCounter:
 
 
 def build_app(model: ServedModel, settings: ServerSettings | None = None, *, fast_routes: bool = True) -> FastAPI:
-    """Create the app; the batching workers start with the app's lifespan (or on the first request).
+    """Create the app; the batching worker starts with the app's lifespan (or on the first request).
 
     Args:
         model: What to serve.
@@ -105,7 +106,6 @@ def build_app(model: ServedModel, settings: ServerSettings | None = None, *, fas
         max_queue_texts=settings.max_queue_texts,
         count_tokens=untruncated_counter(model),
         observer=metrics,
-        workers=settings.workers,
     )
 
     @contextlib.asynccontextmanager
@@ -211,6 +211,8 @@ def _check_request(texts: list[str], dims: int | None, *, settings: ServerSettin
         raise ApiError(400, message, param=param, code="too_many_inputs")
     for index, text in enumerate(texts):
         where = f"{param}[{index}]"
+        if not text or text.isspace():  # as OpenAI does: an empty text has no meaning to embed
+            raise ApiError(400, f"{where}: empty or only whitespace", param=where, code="empty_text")
         if len(text) > settings.max_chars_per_text:
             message = f"{where}: {len(text)} characters, more than the {settings.max_chars_per_text} allowed"
             raise ApiError(413, message, param=where, code="text_too_long")
@@ -239,6 +241,8 @@ async def _submit(
         raise ApiError(503, f"no result within {timeout:g} s; the server is overloaded", code="timeout") from None
     except BatcherClosedError as err:
         raise ApiError(503, str(err), code="shutting_down") from None
+    except NonFiniteOutputError as err:
+        raise ApiError(500, f"{err}; no vectors were sent", code="non_finite_output") from None
     except Exception as err:  # the model failed on this batch; the worker logged it and lives on
         raise ApiError(500, f"the model failed: {type(err).__name__}", code="model_error") from None
 

@@ -1,41 +1,22 @@
-"""Dynamic batching: merge concurrent requests into token-budgeted batches run by model worker threads.
+"""Dynamic batching: merge concurrent requests into token-budgeted forward passes on one model thread.
 
-Concurrency model:
+Three parts, modelled on text-embeddings-inference's queue (one owner of the queue state, one function that
+picks the next batch) and infinity's batch handler (a small, separately tested batch selection):
 
-* The asyncio event loop (uvicorn's) only parses and validates requests. :meth:`DynamicBatcher.submit`
-  appends a job (texts, role, an ``asyncio.Future``) to a queue guarded by a ``threading.Condition`` and
-  returns at once; the handler awaits the future, so thousands of requests can wait without a thread each.
-* Worker threads (``workers``, one by default) share the model. A free worker tokenizes new jobs (one
-  worker at a time: Hugging Face fast tokenizers raise "Already borrowed" when two threads use one at
-  once), picks the role of the oldest job and takes queued texts of that role in arrival order (splitting
-  big requests), up to a window of ``window_batches * max_batch_size`` texts. It sorts the window by
-  length and runs it as forward passes of at most ``max_batch_size`` texts and ``max_batch_tokens`` padded
-  tokens, exactly as offline ``encode`` plans its batches, and after each pass resolves the futures of the
-  jobs whose last row it held, with one ``loop.call_soon_threadsafe`` per event loop.
-* When more than one worker pays, on CPU: with one, the model stands idle while a pass's answers go out
-  and the clients' next requests come in (6-11 ms per pass for 32 one-text clients), and torch's idle
-  OpenMP threads spin through that gap. Two workers with one torch thread each overlap one's gap with the
-  other's pass, and two single-threaded passes of 16 texts ran as fast as one two-threaded pass of 32 (437
-  against 426 texts/s on 2 cores). On the 2-core box that gave 7% more texts/s with 8 texts per request but
-  2% fewer with 1 (docs/performance.md), so one worker stays the default. A worker takes at most its fair
-  part of the texts in flight and hands free workers the rest, so one big request runs on all of them and
-  closed-loop cohorts stay equal. On GPU one worker is right: a second pass would only queue behind the
-  first and double activation memory.
-* While the model runs, new requests queue up, so under load every batch is as full as the queue allows.
-  ``max_wait_s`` only holds back a batch that is not yet full, counted from when its oldest request arrived
-  or the worker's last window ended, whichever is later: once a worker is free, its batch waits at most
-  that long. After a window the worker expects the clients it just answered to send again (a closed loop,
-  as with a fixed pool of callers), so it stops waiting as soon as as many texts are queued as the window
-  took (plus those that were already waiting when its answers went out, see ``_claim``), rather than only
-  at a full batch. A lone client sending one request after another thus never waits for company. Without
-  this, N closed-loop clients on one worker split into two cohorts that take turns, each pass holding
-  about N/2 texts, and on one two-threaded worker small passes are slow: a pass of 16 short texts ran at
-  360 texts/s, one of 32 at 420 (32 clients with one text each: 0.60 of offline ``encode`` before, 0.66-0.69
-  after; see docs/performance.md). With two workers each keeps the cohort it had. Work that arrives faster
-  than the model runs (the queue already holds a full batch) never waits.
-* Admission control: the queue holds at most ``max_queue_texts`` texts; beyond that :meth:`submit` raises
-  :class:`QueueFullError` immediately (the server answers 429) rather than letting latency grow without
-  bound.
+* :func:`piccolo_embed.serving.policy.decide`, a pure function of what waits, the budgets and ``now``: "run N
+  texts of role R" or "wait until T". It holds every batching rule and is tested with a fake clock.
+* :class:`RequestQueue`, the one owner of the queue state: admission (``max_queue_texts``, else
+  :class:`QueueFullError` and a 429), dropping abandoned requests (a cancelled future: the client left), and
+  taking texts; its lock and condition guard nothing else. Submitters never wait on the model or tokenizer.
+* :class:`DynamicBatcher`, the thin runner: the event loop submits jobs (:meth:`~DynamicBatcher.submit`) and
+  awaits their futures; one worker thread tokenizes new jobs (one tokenizer call per role), asks the queue for the
+  next batch, sorts the texts taken by length and runs them as forward passes of at most ``max_batch_size``
+  texts and ``max_batch_tokens`` padded tokens (as offline ``encode`` plans them), and resolves each job's
+  future as soon as its last row is done, with one ``call_soon_threadsafe`` per event loop.
+
+One model thread: on the 2-core box two workers of one torch thread each served 7% more texts/s than one of
+two threads with 8 texts per request but 2% fewer with 1 (docs/performance.md), not a clear gain for the
+complexity, and on GPU a second pass would only queue behind the first.
 """
 
 from __future__ import annotations
@@ -43,24 +24,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
 from piccolo_embed.inference.batching import plan_batches
+from piccolo_embed.serving.policy import Budgets, LastWindow, Run, Snapshot, Wait, Waiting, decide
 from piccolo_embed.types import Role
 
 log = logging.getLogger(__name__)
 
-# A worker expects the clients of its last window back if their first text comes within this many max_wait_s.
-RETURN_WINDOWS = 2
 TokenCounter = Callable[[Sequence[str], Role], list[int]]
+Clock = Callable[[], float]
 
 
 class BatchModel(Protocol):
@@ -104,6 +84,10 @@ class BatcherClosedError(RuntimeError):
     """The batcher is shutting down (HTTP 503)."""
 
 
+class NonFiniteOutputError(ArithmeticError):
+    """The model produced NaN or infinite values for a request's texts (HTTP 500); no vectors are sent."""
+
+
 class InputTooLongError(ValueError):
     """A text has more tokens than its role allows and the request asked not to truncate (HTTP 413)."""
 
@@ -129,21 +113,27 @@ class _Job:
     truncate: bool
     future: asyncio.Future[Embedded]
     loop: asyncio.AbstractEventLoop
-    enqueued: float = field(default_factory=time.monotonic)
-    ids: list[list[int]] | None = None  # set by the worker's tokenizer call
-    cursor: int = 0  # next row to hand to a batch
-    done_rows: int = 0
+    arrived: float
+    ids: list[list[int]] | None = None  # token ids, set by the worker before the job can be taken
+    taken: int = 0  # rows handed to windows so far
+    done_rows: int = 0  # rows whose vectors are in ``out``
     out: np.ndarray | None = None
-    failed: bool = False
+    failed: bool = False  # answered with an error; its remaining rows are skipped
 
     @property
     def size(self) -> int:
         return len(self.texts)
 
-    def settle(self, result: Embedded | None = None, error: BaseException | None = None) -> None:
-        """Resolve the future from the worker thread; a request that gave up (cancelled) is left alone."""
+    @property
+    def abandoned(self) -> bool:
+        """Failed, or the request gave up (cancelled or timed out); reading ``done()`` off its loop is benign."""
+        return self.failed or self.future.done()
+
+    def fail(self, error: BaseException) -> None:
+        """Answer the job with ``error`` (from any thread)."""
+        self.failed = True
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
-            self.loop.call_soon_threadsafe(_settle, self.future, result, error)
+            self.loop.call_soon_threadsafe(_settle, self.future, None, error)
 
 
 def _settle(future: asyncio.Future[Embedded], result: Embedded | None, error: BaseException | None) -> None:
@@ -162,20 +152,125 @@ class _Part:
     stop: int
 
 
-@dataclass(eq=False)
-class _Worker:
-    """One worker thread's view of the closed loop: its window and the clients it answered."""
+class RequestQueue:
+    """The one owner of the waiting jobs: admission, abandonment, and handing out batches as policy decides."""
 
-    last_done: float = float("-inf")  # when its last window finished
-    cutoff: float = float("-inf")  # when the first answers counted in ``returning`` went out
-    returning: int | None = None  # texts answered since it last took texts (their clients may send again)
-    running: bool = False  # it holds a window
-    window: int = 0  # texts of its current window whose answers have not gone out
-    waiting_for: int | None = None  # queued texts that wake it while it waits, or None if it does not wait
+    def __init__(self, budgets: Budgets, max_queue_texts: int, clock: Clock) -> None:
+        """Create an open, empty queue."""
+        self.budgets = budgets
+        self.max_queue_texts = max_queue_texts
+        self.clock = clock
+        self._cond = threading.Condition()
+        self._jobs: deque[_Job] = deque()
+        self._texts = 0  # rows of queued jobs not yet taken
+        self._wake_at = 1  # queued texts at which a put wakes the worker
+        self._accepting = True  # False once draining or closed
+        self._closed = False  # the worker should stop
+
+    @property
+    def texts(self) -> int:
+        """Texts waiting."""
+        return self._texts
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def put(self, job: _Job) -> None:
+        """Admit ``job``, or raise :class:`BatcherClosedError` / :class:`QueueFullError`."""
+        with self._cond:
+            if not self._accepting:
+                raise BatcherClosedError("the server is shutting down")
+            if self._texts + job.size > self.max_queue_texts:
+                self._drop_abandoned()  # requests that gave up while the model was busy free their places now
+            if self._texts + job.size > self.max_queue_texts:
+                raise QueueFullError(f"{self._texts} texts are waiting (limit {self.max_queue_texts}); retry shortly")
+            self._jobs.append(job)
+            self._texts += job.size
+            if self._texts >= self._wake_at:
+                self._cond.notify()
+
+    def untokenized(self) -> list[_Job]:
+        """Jobs still needing token ids (only the worker tokenizes, so no one else takes them meanwhile)."""
+        with self._cond:
+            return [job for job in self._jobs if job.ids is None and not job.failed]
+
+    def next_batch(self, last: LastWindow | None) -> list[_Part] | None:
+        """Block until a batch is due and take it; ``[]``: new jobs need tokens first; ``None``: closed."""
+        with self._cond:
+            while not self._closed:
+                if any(job.ids is None and not job.failed for job in self._jobs):
+                    return []
+                self._drop_abandoned()
+                decision = decide(self._snapshot(last), self.budgets, self.clock())
+                if isinstance(decision, Run):
+                    return self._take(decision)
+                self._sleep(decision)
+            return None
+
+    def stop_accepting(self) -> None:
+        """Refuse new jobs; queued ones still run."""
+        with self._cond:
+            self._accepting = False
+
+    def fail_all(self, error: BaseException) -> None:
+        """Answer every queued job with ``error`` and empty the queue."""
+        with self._cond:
+            for job in self._jobs:
+                job.fail(error)
+            self._jobs.clear()
+            self._texts = 0
+
+    def close(self) -> None:
+        """Refuse new jobs and wake the worker to stop."""
+        with self._cond:
+            self._accepting, self._closed = False, True
+            self._cond.notify_all()
+
+    def _snapshot(self, last: LastWindow | None) -> Snapshot:
+        """Under the lock: per role, the arrival time and token count of each waiting text, oldest first."""
+        arrivals: dict[Role, list[float]] = {}
+        tokens: dict[Role, list[int]] = {}
+        for job in self._jobs:
+            rows = job.ids[job.taken :]  # type: ignore[index]
+            arrivals.setdefault(job.role, []).extend([job.arrived] * len(rows))
+            tokens.setdefault(job.role, []).extend(len(row) for row in rows)
+        return Snapshot([Waiting(role, arrivals[role], tokens[role]) for role in arrivals], last)
+
+    def _sleep(self, wait: Wait) -> None:
+        """Under the lock: wait for ``wait.texts`` queued texts, ``wait.until``, or a close."""
+        self._wake_at = wait.texts
+        timeout = wait.until - self.clock()
+        self._cond.wait(None if timeout == float("inf") else max(0.0, timeout))
+        self._wake_at = 1
+
+    def _take(self, run: Run) -> list[_Part]:
+        """Under the lock: the oldest ``run.texts`` texts of ``run.role`` (a big request may be split)."""
+        parts: list[_Part] = []
+        room = run.texts
+        for job in self._jobs:
+            if room == 0:
+                break
+            if job.role is run.role:
+                start = job.taken
+                job.taken = min(job.size, start + room)
+                room -= job.taken - start
+                parts.append(_Part(job, start, job.taken))
+        self._texts -= run.texts - room
+        self._jobs = deque(job for job in self._jobs if job.taken < job.size)
+        return parts
+
+    def _drop_abandoned(self) -> None:
+        """Under the lock: forget jobs that failed or whose request gave up."""
+        for job in self._jobs:
+            if job.abandoned:
+                self._texts -= job.size - job.taken
+        self._jobs = deque(job for job in self._jobs if not job.abandoned)
 
 
 class DynamicBatcher:
-    """Queue plus worker threads (one by default) that batch embedding requests (see the module docstring)."""
+    """The runner: a worker thread that tokenizes, takes batches from the queue, runs them and answers."""
 
     def __init__(
         self,
@@ -188,209 +283,90 @@ class DynamicBatcher:
         window_batches: int = 4,
         count_tokens: TokenCounter | None = None,
         observer: BatchObserver | None = None,
-        workers: int = 1,
+        clock: Clock = time.monotonic,
     ) -> None:
         """Create a stopped batcher; the worker starts on :meth:`start` or the first :meth:`submit`.
 
         Args:
-            model: Tokenizes and encodes; only the workers call it, one at a time for ``tokenize`` (and
-                ``count_tokens``) but concurrently for ``encode_ids`` when ``workers`` > 1.
+            model: Tokenizes and encodes; only the worker thread calls it.
             max_batch_size: Most texts per forward pass.
             max_batch_tokens: Most padded tokens (texts x longest) per forward pass.
             max_wait_s: Longest a not-yet-full batch waits for more requests.
             max_queue_texts: Most texts waiting; more get :class:`QueueFullError`.
-            window_batches: The worker takes up to this many batches' worth of queued texts at once and sorts
-                them by length before splitting them into forward passes, so padding stays near offline
-                ``encode``'s; larger windows pad less but make the window's last requests wait longer.
-            count_tokens: Untruncated token counts (prefix and special tokens included), needed only for
-                ``truncate=False`` jobs.
+            window_batches: The worker takes up to this many batches' worth of texts at once and sorts them by
+                length before splitting them into passes, so padding stays near offline ``encode``'s.
+            count_tokens: Untruncated token counts, needed only for ``truncate=False`` jobs.
             observer: Metrics sink.
-            workers: Worker threads, each running its own forward passes on the shared model (see the module
-                docstring for when more than one pays).
+            clock: Monotonic seconds (a fake one in tests).
         """
-        if workers < 1:
-            raise ValueError(f"workers must be at least 1, got {workers}")
         self.model = model
-        self.max_batch_size = max_batch_size
-        self.max_batch_tokens = max_batch_tokens
-        self.max_wait_s = max_wait_s
-        self.max_queue_texts = max_queue_texts
-        self.window_texts = max(1, window_batches) * max_batch_size
+        self.budgets = Budgets(max_batch_size, max_batch_tokens, max_wait_s, max(1, window_batches) * max_batch_size)
+        self.queue = RequestQueue(self.budgets, max_queue_texts, clock)
         self.count_tokens = count_tokens
         self.observer = observer
-        self._cond = threading.Condition()
-        self._queue: deque[_Job] = deque()
-        self._pending = 0  # texts in the queue not yet handed to a batch
-        self._workers = [_Worker() for _ in range(workers)]
-        self._wake_at: float = math.inf  # queued texts at which a submit wakes the waiting workers (_sleep)
-        self._tokenizing = threading.Lock()  # one worker tokenizes at a time: the tokenizer is not thread-safe
-        self._stopping = False
-        self._threads: list[threading.Thread] = []
-
-    @property
-    def workers(self) -> int:
-        """How many worker threads run forward passes."""
-        return len(self._workers)
+        self.clock = clock
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
 
     @property
     def alive(self) -> bool:
-        """Whether the worker threads are running (or not yet started, which :meth:`submit` fixes)."""
-        return not self._stopping and all(thread.is_alive() for thread in self._threads)
+        """Whether the worker runs (or has not started yet, which :meth:`submit` fixes)."""
+        return not self.queue.closed and (self._thread is None or self._thread.is_alive())
 
     def start(self) -> None:
-        """Start the worker threads (idempotent)."""
-        with self._cond:
-            if self._threads or self._stopping:
-                return
-            for index, worker in enumerate(self._workers):
-                name = f"piccolo-embed-batcher-{index}"
-                self._threads.append(threading.Thread(target=self._work, args=(worker,), name=name, daemon=True))
-            for thread in self._threads:
-                thread.start()
-
-    def close(self, timeout: float = 30.0) -> None:
-        """Refuse new work, fail queued jobs with :class:`BatcherClosedError`, and join the worker."""
-        with self._cond:
-            self._stopping = True
-            for job in self._queue:
-                job.settle(error=BatcherClosedError("the server is shutting down"))
-            self._queue.clear()
-            self._pending = 0
-            self._cond.notify_all()
-        deadline = time.monotonic() + timeout
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+        """Start the worker thread (idempotent)."""
+        with self._start_lock:
+            if self._thread is None and not self.queue.closed:
+                self._thread = threading.Thread(target=self._work, name="piccolo-embed-batcher", daemon=True)
+                self._thread.start()
 
     def submit(self, texts: Sequence[str], role: Role, *, truncate: bool = True) -> asyncio.Future[Embedded]:
         """Queue ``texts`` and return a future for their vectors; call from the event loop.
 
         Raises:
             QueueFullError: Admitting the texts would exceed ``max_queue_texts``.
-            BatcherClosedError: :meth:`close` was called.
+            BatcherClosedError: The batcher is draining or closed.
         """
         if not texts:
             raise ValueError("submit needs at least one text")
         if not truncate and self.count_tokens is None:
             raise ValueError("truncate=False needs a count_tokens function")
         loop = asyncio.get_running_loop()
-        job = _Job(list(texts), Role.coerce(role), truncate, loop.create_future(), loop)
-        with self._cond:
-            if self._stopping:
-                raise BatcherClosedError("the server is shutting down")
-            if self._pending + job.size > self.max_queue_texts:
-                self._purge()  # requests that gave up while the model was busy free their places now
-            if self._pending + job.size > self.max_queue_texts:
-                raise QueueFullError(f"{self._pending} texts are waiting (limit {self.max_queue_texts}); retry shortly")
-            self._queue.append(job)
-            self._pending += job.size
-            if self._pending >= self._wake_at:
-                self._cond.notify_all()
-        if not self._threads:
+        job = _Job(list(texts), Role.coerce(role), truncate, loop.create_future(), loop, self.clock())
+        self.queue.put(job)
+        if self._thread is None:
             self.start()
         return job.future
 
-    def _work(self, me: _Worker) -> None:
-        while self._wait_for_work(me):
-            with self._tokenizing:
-                self._prepare(self._untokenized())
-            parts = self._take(me)
+    def drain(self, seconds: float) -> None:
+        """Refuse new work now; what is still queued after ``seconds`` gets :class:`BatcherClosedError`."""
+        self.queue.stop_accepting()
+        timer = threading.Timer(seconds, self.queue.fail_all, args=(BatcherClosedError("the server is shutting down"),))
+        timer.daemon = True
+        timer.start()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Fail queued jobs with :class:`BatcherClosedError` and join the worker."""
+        self.queue.close()
+        self.queue.fail_all(BatcherClosedError("the server is shutting down"))
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _work(self) -> None:
+        last: LastWindow | None = None
+        while (parts := self.queue.next_batch(last)) is not None:
             if not parts:
+                self._tokenize(self.queue.untokenized())
                 continue
-            try:
-                self._execute(me, parts)
-            finally:
-                self._expect_back(me)
+            last = self._run_window(parts)
+            if self.observer is not None:
+                self.observer.queue_depth(self.queue.texts)
         log.debug("batcher worker stopped")
 
-    def _expect_back(self, me: _Worker) -> None:
-        """After a window: the worker's next batch waits (within ``max_wait_s``) for its clients to come back."""
-        with self._cond:
-            me.running = False
-            me.last_done = time.monotonic()
+    def _tokenize(self, jobs: list[_Job]) -> None:
+        """Give new jobs their token ids: one tokenizer call per role; if it fails, each job alone.
 
-    def _target(self, me: _Worker) -> int:
-        """Under the lock: queued texts worth a batch now: a full one, or right after a pass its clients back."""
-        if self._pending >= self.max_batch_size:  # a full batch waits: skip counting the claims (a queue walk)
-            return self.max_batch_size
-        own = self._claim(me)
-        return self.max_batch_size if own is None else min(self.max_batch_size, own)
-
-    def _claim(self, me: _Worker) -> int | None:
-        """Under the lock: the texts ``me`` waits for, or ``None`` when it expects nobody back.
-
-        A worker claims the texts it has answered since it last took texts (``returning``): their clients
-        will send again. The first in line also claims the texts that were already waiting when its answers
-        went out, but not those queued since, which may be its own clients back already (counted twice, the
-        batch would wait for texts that never come until ``max_wait_s`` ran out). Only the first claims them,
-        so with several workers no text is claimed twice and each waits for as many texts as it answered.
-        """
-        return next((claim for worker, claim in self._line() if worker is me), None)
-
-    def _line(self) -> list[tuple[_Worker, int]]:
-        """Under the lock: the workers expecting texts (earliest answers first) and how many each claims."""
-        line = [(worker, worker.returning or 0) for worker in self._expecting()]
-        if line:
-            first, returning = line[0]
-            line[0] = (first, returning + sum(j.size - j.cursor for j in self._queue if j.enqueued < first.cutoff))
-        return line
-
-    def _expecting(self) -> list[_Worker]:
-        """Under the lock: workers expecting the clients of their window back, earliest answers first.
-
-        A worker expects its clients from the moment their answers go out (while it may still run the
-        window's other passes) until it takes its next window, or until the oldest queued text came more
-        than ``RETURN_WINDOWS * max_wait_s`` after those answers or the window's end: its clients were not
-        sending again at once (an idle spell), so a batch waits for company again. The allowance is wider
-        than ``max_wait_s`` because, while another worker's pass holds a core, the first returning text took
-        over 5 ms in one window in ten (32 one-text clients on 2 cores); it cannot delay a batch, only let it
-        start before its deadline.
-        """
-        first = self._queue[0].enqueued if self._queue else time.monotonic()
-        window = RETURN_WINDOWS * self.max_wait_s
-        line = [w for w in self._workers if w.returning is not None and first - max(w.cutoff, w.last_done) <= window]
-        return sorted(line, key=lambda worker: worker.cutoff)
-
-    def _wait_for_work(self, me: _Worker) -> bool:
-        """Block until a batch is worth forming; ``False`` means stop.
-
-        While it waits for a batch to fill, only the submit that reaches a waiting worker's target wakes the
-        workers (``_wake_at``) rather than every submit, each of which made a worker take the GIL from the
-        event loop just to count and sleep again. The gain is too small for whole benchmark runs to resolve; a
-        test checks that the completing submit still wakes it.
-        """
-        with self._cond:
-            while not self._queue and not self._stopping:
-                self._sleep(me, 1)
-            if self._stopping:
-                return False
-            deadline = max(self._queue[0].enqueued, me.last_done) + self.max_wait_s
-            while not self._stopping and self._pending < (target := self._target(me)):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._sleep(me, target, remaining)
-            return not self._stopping
-
-    def _sleep(self, me: _Worker, target: int, timeout: float | None = None) -> None:
-        """Under the lock: wait for a notify (or ``timeout``) after asking to be woken at ``target`` texts."""
-        me.waiting_for = target
-        self._wake_at = min(w.waiting_for for w in self._workers if w.waiting_for is not None)
-        self._cond.wait(timeout)
-        me.waiting_for = None
-        waiting = [w.waiting_for for w in self._workers if w.waiting_for is not None]
-        self._wake_at = min(waiting, default=math.inf)
-
-    def _untokenized(self) -> list[_Job]:
-        """Queued jobs that still need token ids (call holding ``_tokenizing``, so no other worker takes them)."""
-        with self._cond:
-            return [job for job in self._queue if job.ids is None and not job.failed]
-
-    def _prepare(self, jobs: list[_Job]) -> None:
-        """Tokenize new jobs outside the lock (submitters never wait on tokenization).
-
-        One tokenizer call per role covers all new jobs: with the starter model a call costs about 50 us
-        plus 13 us per short text, so 32 one-text requests cost 2.1 ms when tokenized one by one and 0.5 ms
-        together. If the joint call fails, each job is tokenized alone so only the bad one fails.
+        One call for many jobs: with the starter model a call costs about 50 us plus 13 us per short text.
         """
         by_role: dict[Role, list[_Job]] = {}
         for job in jobs:
@@ -400,151 +376,84 @@ class DynamicBatcher:
                 ids = self.model.tokenize([text for job in group for text in job.texts], role)
             except (ValueError, TypeError):
                 for job in group:
-                    self._accept(job)
+                    self._accept(job, None)
                 continue
             start = 0
             for job in group:
                 self._accept(job, ids[start : start + job.size])
                 start += job.size
 
-    def _accept(self, job: _Job, ids: list[list[int]] | None = None) -> None:
-        """Give a job its token ids (tokenizing it if ``ids`` is None) or fail it if invalid."""
+    def _accept(self, job: _Job, ids: list[list[int]] | None) -> None:
+        """Set the job's ids (tokenizing it alone if ``ids`` is None), or fail it if invalid."""
         try:
             ids = self.model.tokenize(job.texts, job.role) if ids is None else ids
             if not job.truncate:
                 _check_lengths(self.count_tokens(job.texts, job.role), [len(row) for row in ids])  # type: ignore[misc]
         except (ValueError, TypeError) as err:
-            job.failed = True
-            job.settle(error=err)
+            job.fail(err)
             return
         job.ids = ids
 
-    def _take(self, me: _Worker) -> list[_Part]:
-        """Under the lock: drop dead jobs, then take this worker's share of the oldest job's role."""
-        with self._cond:
-            self._purge()
-            free = [w for w in self._workers if w is not me and not w.running and w.returning is None]
-            parts = self._fill(self._queue[0].role, self._share(me)) if self._queue else []
-            self._queue = deque(job for job in self._queue if job.cursor < job.size)
-            self._pending -= sum(part.stop - part.start for part in parts)
-            if parts or me.returning == 0:  # a hand-over that found nothing left expects nothing more
-                me.running, me.returning = bool(parts), None
-                me.window = sum(part.stop - part.start for part in parts)
-            if parts and self._pending and free:
-                self._hand_over(free)
-            if self.observer is not None:
-                self.observer.queue_depth(self._pending)
-            return parts
-
-    def _share(self, me: _Worker) -> int:
-        """Under the lock: how many texts the taking worker may take, leaving the other workers their part.
-
-        One worker takes up to ``window_texts``, but with several no more than its fair part of all texts in
-        flight: claimed (``_claim``), queued unclaimed, or in other workers' passes. So a big request runs on
-        all free workers at once, closed-loop cohorts keep equal sizes, and cohorts that came out unequal even
-        out instead of one worker running big passes while another idles.
-        """
-        claimed = sum(claim for _, claim in self._line())
-        in_passes = sum(worker.window for worker in self._workers if worker is not me)
-        fair = -(-(max(claimed, self._pending) + in_passes) // len(self._workers))
-        return min(self.window_texts, self._whole_batches(max(1, fair)))
-
-    def _whole_batches(self, texts: int) -> int:
-        """``texts`` rounded up to whole batches once over one batch, so a share does not end in a small pass."""
-        if texts <= self.max_batch_size:
-            return texts
-        return -(-texts // self.max_batch_size) * self.max_batch_size
-
-    def _hand_over(self, free: list[_Worker]) -> None:
-        """Under the lock: let free workers take the texts left to them now rather than wait for company.
-
-        The batch they belong to was due (its target reached or its deadline passed); each free worker now
-        claims the texts waiting, as if it had just answered them, and is woken.
-        """
-        now = time.monotonic()
-        for worker in free:
-            worker.returning, worker.last_done, worker.cutoff = 0, now, now
-        self._cond.notify_all()
-
-    def _purge(self) -> None:
-        """Under the lock: drop failed jobs and those whose request gave up (cancelled future)."""
-        for job in self._queue:
-            if job.failed or job.future.done():  # reading done() off the loop thread is a benign race
-                self._pending -= job.size - job.cursor
-                job.cursor = job.size
-        self._queue = deque(job for job in self._queue if job.cursor < job.size)
-
-    def _fill(self, role: Role, room: int) -> list[_Part]:
-        """Texts of ``role`` in arrival order, up to ``room`` (a big request may be split)."""
-        parts: list[_Part] = []
-        for job in self._queue:
-            if room == 0:
-                break
-            if job.role is not role or job.ids is None:
-                continue
-            start = job.cursor
-            job.cursor = min(job.size, start + room)
-            room -= job.cursor - start
-            parts.append(_Part(job, start, job.cursor))
-        return parts
-
-    def _execute(self, me: _Worker, parts: list[_Part]) -> None:
-        """Run a window: length-sorted forward passes, each request settled as soon as its last row is done.
-
-        Sorting the whole window (as offline ``encode`` sorts its input) keeps padding low when many texts
-        wait; with few texts in flight the window is a single pass.
-        """
+    def _run_window(self, parts: list[_Part]) -> LastWindow:
+        """Run the taken texts as length-sorted passes; each request is answered once its last row is done."""
         rows = [(part.job, i) for part in parts for i in range(part.start, part.stop)]
         lengths = [len(job.ids[i]) for job, i in rows]  # type: ignore[index]
-        started = time.monotonic()
-        waits = [started - part.job.enqueued for part in parts if part.start == 0]
-        plan = plan_batches(lengths, max_batch_size=self.max_batch_size, max_batch_tokens=self.max_batch_tokens)
-        for batch in plan:
-            members = [rows[k] for k in batch if not rows[k][0].failed and not rows[k][0].future.done()]
-            self._answered(me, len(batch) - len(members))  # rows of failed or abandoned requests
+        started = self.clock()
+        waits = [started - part.job.arrived for part in parts if part.start == 0]
+        answers_at = None
+        for batch in plan_batches(
+            lengths, max_batch_size=self.budgets.max_batch_size, max_batch_tokens=self.budgets.max_batch_tokens
+        ):
+            members = [rows[k] for k in batch if not rows[k][0].abandoned]  # the client left: skip its rows
             if members:
-                self._forward(me, members, waits)
+                sent = self._forward(members, waits)
                 waits = []  # a request's queue wait is counted once, at its window's first pass
+                answers_at = answers_at or sent
+        return LastWindow(len(rows), answers_at or started, self.clock())
 
-    def _forward(self, me: _Worker, members: list[tuple[_Job, int]], waits: list[float]) -> None:
-        """One forward pass over ``members`` (job, row) pairs; failures go to the jobs involved."""
+    def _forward(self, members: list[tuple[_Job, int]], waits: list[float]) -> float:
+        """One forward pass over ``members`` (job, row) pairs; return when its answers went out.
+
+        The time is read before the answers go out: a client may send again before this thread runs on.
+        """
         ids = [job.ids[i] for job, i in members]  # type: ignore[index]
-        started = time.monotonic()
+        started = self.clock()
         try:
             vectors = self.model.encode_ids(
-                ids, batch_size=self.max_batch_size, max_batch_tokens=self.max_batch_tokens, show_progress=False
+                ids, batch_size=len(ids), max_batch_tokens=self.budgets.max_batch_tokens, show_progress=False
             )
         except Exception as err:  # any model failure must reach the waiting requests, not kill the worker
             log.exception("batch of %d texts failed", len(ids))
-            self._answered(me, len(members))
-            self._fail({id(job): job for job, _ in members}.values(), err)
-            return
+            sent = self.clock()
+            for job in {id(job): job for job, _ in members}.values():
+                job.fail(err)
+            return sent
+        members, vectors = _finite(members, vectors)
         if self.observer is not None:
             self.observer.batch_done(
                 texts=len(ids),
                 tokens=sum(len(row) for row in ids),
                 requests=len({id(job) for job, _ in members}),
                 queue_waits=waits,
-                seconds=time.monotonic() - started,
+                seconds=self.clock() - started,
             )
         finished = [job for (job, i), vector in zip(members, vectors, strict=True) if _deliver(job, i, vector)]
-        self._answered(me, len(members))  # before the answers go out: later requests may be their clients'
+        sent = self.clock()
         _settle_together(finished)
+        return sent
 
-    def _answered(self, me: _Worker, texts: int) -> None:
-        """Before ``texts`` answers go out: the worker now expects their clients back (they may send at once)."""
-        if texts:
-            with self._cond:
-                me.window -= texts
-                if me.returning is None:
-                    me.returning, me.cutoff = 0, time.monotonic()
-                me.returning += texts
 
-    def _fail(self, jobs: Iterable[_Job], err: Exception) -> None:
-        with self._cond:
-            for job in jobs:
-                job.failed = True
-                job.settle(error=err)
+def _finite(members: list[tuple[_Job, int]], vectors: np.ndarray) -> tuple[list[tuple[_Job, int]], np.ndarray]:
+    """Fail the jobs with a non-finite row (never send NaN); return the other rows."""
+    finite = np.isfinite(vectors).all(axis=1)
+    if finite.all():
+        return members, vectors
+    bad = {id(job): job for (job, _), ok in zip(members, finite, strict=True) if not ok}
+    log.error("the model produced non-finite vectors for %d request(s)", len(bad))
+    for job in bad.values():
+        job.fail(NonFiniteOutputError("the model produced NaN or infinite values for this input"))
+    keep = [k for k, (job, _) in enumerate(members) if id(job) not in bad]
+    return [members[k] for k in keep], vectors[keep]
 
 
 def _deliver(job: _Job, row: int, vector: np.ndarray) -> bool:

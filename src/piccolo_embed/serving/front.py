@@ -7,15 +7,20 @@ model waits while the loop answers one pass's requests and parses the next ones,
 box 32 one-text clients kept the model busy 85% of the time through FastAPI and 89-90% through this path
 (``docs/performance.md``).
 
-The short path serves only well-formed requests: a JSON body with a ``Content-Length`` that parses and
-validates against the route's pydantic model (the same ``json.loads`` plus python-mode validation FastAPI
-does). Anything else (bad JSON, invalid fields, another content type, a chunked body) is replayed through the
-FastAPI route, so every error response is FastAPI's own; the tests compare both paths on the whole bad-input
-matrix. The FastAPI routes stay registered: they document the API (``/docs``) and serve those replays.
+The short path serves only well-formed requests: a JSON body that parses and validates against the route's
+pydantic model (the same ``json.loads`` plus python-mode validation FastAPI does). Anything else (bad JSON,
+invalid fields, another content type) is replayed through the FastAPI route, so every error response is
+FastAPI's own; the tests compare both paths on the whole bad-input matrix. The FastAPI routes stay registered:
+they document the API (``/docs``) and serve those replays.
+
+Whatever the path, the gatekeeper reads every request body itself, stopping at ``max_request_bytes`` (413)
+whatever the framing, and while the request is answered it watches for the client leaving: the handler is then
+cancelled (its texts are dropped before encoding) and the request counted with status ``cancelled``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -73,7 +78,7 @@ class GatedFastAPI(FastAPI):
 
 
 class Gatekeeper:
-    """Counts and times every request, checks the API key, refuses oversized bodies, serves the short path.
+    """Counts and times every request, checks the API key, reads bodies within the limit, serves the short path.
 
     Written as plain ASGI (not ``BaseHTTPMiddleware``) so it adds no task or body copy per request, and so
     refusals happen before FastAPI reads or parses anything.
@@ -82,7 +87,7 @@ class Gatekeeper:
         app: The FastAPI app (or the rest of its middleware stack).
         metrics: Where request counts, latencies and refusals go.
         api_key: Required as ``Authorization: Bearer <key>`` on every route but ``/health``; ``None``: open.
-        max_request_bytes: Larger ``Content-Length`` values get a 413 before the body is read.
+        max_request_bytes: Larger bodies get a 413: at once by ``Content-Length``, else as soon as they grow past it.
         known_routes: Paths reported under their own name in metrics (others count as ``other``).
         fast_routes: Paths served by the short path; empty sends everything through FastAPI.
     """
@@ -110,26 +115,38 @@ class Gatekeeper:
             await self.app(scope, receive, send)
             return
         route = scope["path"] if scope["path"] in self.known else "other"
-        status = 500
-
-        async def send_and_record(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        outcome = _Outcome(send)
         started = time.perf_counter()
         try:
             headers = dict(scope["headers"])
             if (refusal := self._refusal(scope, headers)) is not None:
-                await self._error(refusal, route)(scope, receive, send_and_record)
-            elif (fast := self._fast_route(scope, headers)) is not None:
-                await self._serve_fast(fast, scope, receive, send_and_record)
+                await self._error(refusal, route)(scope, receive, outcome.send)
+            elif b"content-length" in headers or b"transfer-encoding" in headers:
+                await self._with_body(scope, headers, receive, outcome)
             else:
-                await self.app(scope, receive, send_and_record)
+                await self.app(scope, receive, outcome.send)
         finally:
-            self.metrics.requests.inc(labels={"route": route, "status": str(status)})
+            self.metrics.requests.inc(labels={"route": route, "status": outcome.status})
             self.metrics.latency.observe(time.perf_counter() - started, labels={"route": route})
+
+    async def _with_body(self, scope: Scope, headers: dict[bytes, bytes], receive: Receive, outcome: _Outcome) -> None:
+        """Read the body within the size limit whatever its framing, then answer unless the client leaves."""
+        try:
+            body = await _read_body(receive, self.max_request_bytes)
+        except _BodyTooLargeError as err:
+            message = f"request body of more than {err.limit} bytes; that is the most allowed"
+            refusal = ApiError(413, message, code="request_too_large", headers={"Connection": "close"})
+            await self._error(refusal, scope["path"])(scope, receive, outcome.send)
+            return
+        if body is None:  # the client left before sending its whole body
+            outcome.cancelled = True
+            return
+        fast = self._fast_route(scope, headers)
+        if fast is not None:
+            work = self._serve_fast(fast, body, scope, receive, outcome.send)
+        else:
+            work = self.app(scope, _replay(body, receive), outcome.send)
+        outcome.cancelled = not await _unless_client_leaves(work, receive, outcome)
 
     def _refusal(self, scope: Scope, headers: dict[bytes, bytes]) -> ApiError | None:
         if self.api_key is not None and scope["path"] not in OPEN_ROUTES:
@@ -140,20 +157,17 @@ class Gatekeeper:
         length = headers.get(b"content-length", b"")
         if length.isdigit() and int(length) > self.max_request_bytes:
             message = f"request body of {int(length)} bytes is larger than the {self.max_request_bytes} allowed"
-            return ApiError(413, message, code="request_too_large")
+            return ApiError(413, message, code="request_too_large", headers={"Connection": "close"})
         return None
 
     def _fast_route(self, scope: Scope, headers: dict[bytes, bytes]) -> FastRoute | None:
-        """The short-path route for a JSON ``POST`` with a known length (its size was checked), else ``None``."""
-        if scope["method"] != "POST" or not headers.get(b"content-length", b"").isdigit():
+        """The short-path route for a JSON ``POST`` (its body was read within the limit), else ``None``."""
+        if scope["method"] != "POST":
             return None
         media_type = headers.get(b"content-type", b"").partition(b";")[0].strip().lower()
         return self.fast_routes.get(scope["path"]) if media_type == b"application/json" else None
 
-    async def _serve_fast(self, fast: FastRoute, scope: Scope, receive: Receive, send: Send) -> None:
-        body = await _read_body(receive)
-        if body is None:
-            return  # the client left before sending its body: nobody to answer
+    async def _serve_fast(self, fast: FastRoute, body: bytes, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             request = fast.body.model_validate(json.loads(body))
         # Bad JSON (nested too deeply for json.loads included), invalid fields, anything else the short path
@@ -175,16 +189,85 @@ class Gatekeeper:
         return err.response()
 
 
-async def _read_body(receive: Receive) -> bytes | None:
-    """The whole request body, or ``None`` if the client disconnected first."""
+class _BodyTooLargeError(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+
+class _Outcome:
+    """What a request came to, for metrics: the status sent, or ``cancelled`` when the client left first."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.code = 500  # nothing sent: an error escaped
+        self.answering = False
+        self.cancelled = False
+
+    @property
+    def status(self) -> str:
+        """The metric label."""
+        return "cancelled" if self.cancelled else str(self.code)
+
+    async def send(self, message: Message) -> None:
+        """Pass ``message`` on, noting the status."""
+        if message["type"] == "http.response.start":
+            self.code = message["status"]
+            self.answering = True
+        await self._send(message)
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole request body, or ``None`` if the client disconnected first.
+
+    Raises:
+        _BodyTooLargeError: The body grew past ``limit`` bytes; reading stops there (chunked bodies have no
+            ``Content-Length`` to refuse them by).
+    """
     chunks = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             return None
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _BodyTooLargeError(limit)
+        chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+async def _unless_client_leaves(work: Awaitable[None], receive: Receive, outcome: _Outcome) -> bool:
+    """Run ``work`` in this task, cancelling it if the client disconnects before an answer starts.
+
+    Returns whether ``work`` ran to the end. Cancelling the handler cancels the future it awaits, so the
+    batcher drops the request's texts before encoding them.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    left = False
+
+    async def watch() -> None:
+        nonlocal left
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if not outcome.answering:  # uvicorn also reports a disconnect once the answer is complete
+            left = True
+            task.cancel()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await work
+    except asyncio.CancelledError:
+        if not left:
+            raise
+        task.uncancel()
+        return False
+    finally:
+        watcher.cancel()
+    return True
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -136,7 +136,16 @@ class ServerMetrics:
     def __init__(self, prefix: str = "piccolo_embed") -> None:
         self._lock = threading.Lock()
         lock = self._lock
-        self.requests = Counter(f"{prefix}_requests_total", "HTTP requests by route and status code.", lock)
+        self.requests = Counter(
+            f"{prefix}_requests_total",
+            "HTTP requests by route and status code (status cancelled: the client left before its answer).",
+            lock,
+        )
+        self.refused = Counter(
+            f"{prefix}_connections_refused_total",
+            "Connections closed before the app saw a request, by reason (head too large or late, evicted, ...).",
+            lock,
+        )
         self.errors = Counter(f"{prefix}_errors_total", "Error responses by route and error code.", lock)
         self.latency = Histogram(
             f"{prefix}_request_duration_seconds", "Time from request start to response, by route.", lock, _SECONDS
@@ -173,6 +182,7 @@ class ServerMetrics:
         """The whole exposition, ready to serve with :data:`CONTENT_TYPE`."""
         metrics = (
             self.requests,
+            self.refused,
             self.errors,
             self.latency,
             self.texts,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 from piccolo_embed.types import Role
 
 API_KEY_ENV = "PICCOLO_EMBED_API_KEY"
+ZERO_ALLOWED = frozenset({"max_wait_ms", "drain_s"})
 
 
 @dataclass(frozen=True)
@@ -32,8 +34,13 @@ class ServerSettings:
         max_queue_texts: Most texts waiting for the model; beyond it requests get 429 at once.
         request_timeout_s: Longest a request waits for its vectors before a 503.
         api_key: When set, every route but ``/health`` needs ``Authorization: Bearer <api_key>``.
-        workers: Batching worker threads, each running forward passes on the shared model (see
-            :mod:`piccolo_embed.serving.batcher` for when more than one pays).
+        max_connections: Most open connections; over it, the one waiting longest for client bytes is closed
+            (see :mod:`piccolo_embed.serving.server`).
+        max_header_bytes: Most bytes in a request line plus headers (431 beyond).
+        max_headers: Most request headers (431 beyond).
+        header_timeout_s: Longest wait for a request's head, from connect or its first byte (408 after).
+        body_timeout_s: Longest wait for a request's body once its head is in (the connection closes after).
+        drain_s: On SIGTERM/SIGINT, how long queued work keeps running before it is answered 503.
     """
 
     model_name: str = ""
@@ -47,25 +54,23 @@ class ServerSettings:
     max_queue_texts: int = 4096
     request_timeout_s: float = 60.0
     api_key: str | None = None
-    workers: int = 1
+    max_connections: int = 1024
+    max_header_bytes: int = 16 * 1024
+    max_headers: int = 100
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    drain_s: float = 10.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "default_role", Role.coerce(self.default_role))
-        positive = (
-            "max_inputs_per_request",
-            "max_chars_per_text",
-            "max_request_bytes",
-            "max_batch_size",
-            "max_batch_tokens",
-            "max_queue_texts",
-            "request_timeout_s",
-            "workers",
-        )
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
-        if self.max_wait_ms < 0:
-            raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms!r}")
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.type not in ("int", "float"):
+                continue
+            # NaN passes every comparison, and an infinite wait never ends: refuse both up front.
+            if not math.isfinite(value) or value < 0 or (value == 0 and item.name not in ZERO_ALLOWED):
+                least = ">= 0" if item.name in ZERO_ALLOWED else "positive"
+                raise ValueError(f"{item.name} must be a finite number, {least}; got {value!r}")
         if self.max_inputs_per_request > self.max_queue_texts:
             # Otherwise a request at the input limit could never be admitted and would always get 429.
             raise ValueError("max_inputs_per_request must not exceed max_queue_texts")
