@@ -65,7 +65,12 @@ def test_index_search_append_and_model_check(tiny_bert_dir, tmp_path, capsys):
     assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
 
     assert cli("search", "--index", index, "--model", tiny_bert_dir, "北京的美食", "-k", 3, "--json") == 0
-    assert json.loads(capsys.readouterr().out)["hits"] == hits  # explicit model = recorded model
+    again = json.loads(capsys.readouterr().out)["hits"]  # explicit model = recorded model
+    # One query alone instead of two in a batch: the same vectors up to float rounding (CPU kernels block by shape).
+    assert [{k: v for k, v in h.items() if k != "score"} for h in again] == [
+        {k: v for k, v in h.items() if k != "score"} for h in hits
+    ]
+    assert [h["score"] for h in again] == pytest.approx([h["score"] for h in hits], abs=1e-6)
 
     assert (
         cli(
