@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -99,3 +105,32 @@ def build_tiny_xlmr(directory: Path, *, seed: int = 0) -> Path:
 def tiny_xlmr_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random XLM-R in Hugging Face layout (read-only use)."""
     return build_tiny_xlmr(tmp_path_factory.mktemp("tiny-xlmr"))
+
+
+@contextlib.contextmanager
+def _serve_in_thread(app: Any, *, start_timeout: float = 30.0) -> Iterator[str]:
+    """Run an ASGI ``app`` under uvicorn in a thread on an ephemeral loopback port; yield its base URL."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_timeout
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(start_timeout)
+        sock.close()
+
+
+@pytest.fixture(scope="session")
+def serve_app() -> Any:
+    """``with serve_app(app) as base_url:`` runs a FastAPI app on loopback for the block (shared by server tests)."""
+    pytest.importorskip("uvicorn")
+    return _serve_in_thread

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,10 +34,8 @@ def reference(_tiny_bert_master: Path) -> Embedder:
 
 
 @pytest.fixture(scope="session")
-def server(_tiny_bert_master: Path) -> Iterator[Server]:
+def server(_tiny_bert_master: Path, serve_app) -> Iterator[Server]:
     pytest.importorskip("fastapi")
-    import uvicorn
-
     from piccolo_embed.serving.app import build_app
     from piccolo_embed.serving.settings import ServerSettings
 
@@ -48,18 +43,5 @@ def server(_tiny_bert_master: Path) -> Iterator[Server]:
         Embedder.from_pretrained(_tiny_bert_master, device="cpu"),
         ServerSettings(model_name="piccolo", api_key=API_KEY, max_inputs_per_request=8, max_queue_texts=64),
     )
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    uv = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not uv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    try:
-        yield Server(f"http://127.0.0.1:{sock.getsockname()[1]}", "piccolo")
-    finally:
-        uv.should_exit = True
-        thread.join(30)
-        sock.close()
+    with serve_app(app) as base:
+        yield Server(base, "piccolo")

@@ -38,3 +38,26 @@ def tokenize(tiny_st: SentenceTransformer) -> Callable[[list[list[str]]], list[d
         return out
 
     return run
+
+
+@pytest.fixture
+def check_against_reference() -> Callable[..., None]:
+    """``check(loss_fn, reference_fn, embeddings)``: same loss and same gradients on every input tensor.
+
+    ``loss_fn`` and ``reference_fn`` each take a list of tensors; the reference gets detached copies.
+    """
+
+    def check(
+        loss_fn: Callable[[list[torch.Tensor]], torch.Tensor],
+        reference_fn: Callable[[list[torch.Tensor]], torch.Tensor],
+        embeddings: list[torch.Tensor],
+    ) -> None:
+        copies = [t.detach().clone().requires_grad_() for t in embeddings]
+        got, want = loss_fn(embeddings), reference_fn(copies)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        got.backward()
+        want.backward()
+        for ours, theirs in zip(embeddings, copies, strict=True):
+            torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-4, atol=1e-6)
+
+    return check

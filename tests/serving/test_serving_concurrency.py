@@ -6,12 +6,10 @@ gives a 500 error object and the next request still works.
 
 from __future__ import annotations
 
-import contextlib
 import random
-import socket
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,8 +18,6 @@ import pytest
 
 pytest.importorskip("uvicorn")
 import httpx
-import uvicorn
-from fastapi import FastAPI
 
 from piccolo_embed import Embedder
 from piccolo_embed.serving.app import build_app
@@ -36,26 +32,6 @@ def embedder(_tiny_bert_master: Path) -> Embedder:
     return Embedder.from_pretrained(_tiny_bert_master)
 
 
-@contextlib.contextmanager
-def serve(app: FastAPI) -> Iterator[str]:
-    """Run ``app`` under uvicorn in a thread on an ephemeral loopback port; yield its base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(20)
-        sock.close()
-
-
 def _workload(seed: int) -> list[tuple[list[str], Role]]:
     rng = random.Random(seed)
     roles = [Role.QUERY, Role.PASSAGE, Role.NONE]
@@ -65,7 +41,7 @@ def _workload(seed: int) -> list[tuple[list[str], Role]]:
     ]
 
 
-def test_concurrent_requests_match_direct_encode_and_are_batched(embedder: Embedder) -> None:
+def test_concurrent_requests_match_direct_encode_and_are_batched(embedder: Embedder, serve_app) -> None:
     clients = 32
     workloads = [_workload(seed) for seed in range(clients)]
     # Direct encode, before the server starts (afterwards only its worker may use the model); one call per role.
@@ -93,7 +69,7 @@ def test_concurrent_requests_match_direct_encode_and_are_batched(embedder: Embed
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     # httpx.Client is thread-safe: the threads share one pool of keep-alive connections
     with (
-        serve(app) as base,
+        serve_app(app) as base,
         httpx.Client(base_url=base, timeout=30, limits=limits) as http,
         ThreadPoolExecutor(clients) as pool,
     ):
@@ -138,13 +114,13 @@ class GatedModel:
         return self.inner.encode_ids(ids, **kwargs)
 
 
-def test_full_queue_answers_429_quickly_and_stuck_model_503(embedder: Embedder) -> None:
+def test_full_queue_answers_429_quickly_and_stuck_model_503(embedder: Embedder, serve_app) -> None:
     model = GatedModel(embedder)
     settings = ServerSettings(
         max_batch_size=1, max_wait_ms=0.0, max_inputs_per_request=2, max_queue_texts=2, request_timeout_s=1.0
     )
     with (
-        serve(build_app(model, settings)) as base,
+        serve_app(build_app(model, settings)) as base,
         ThreadPoolExecutor(2) as pool,
         httpx.Client(base_url=base, timeout=30) as http,
     ):
@@ -166,11 +142,11 @@ def test_full_queue_answers_429_quickly_and_stuck_model_503(embedder: Embedder) 
         assert http.post("/v1/embeddings", json={"input": ["五"]}).status_code == 200
 
 
-def test_model_failure_is_a_500_error_object_and_worker_survives(embedder: Embedder) -> None:
+def test_model_failure_is_a_500_error_object_and_worker_survives(embedder: Embedder, serve_app) -> None:
     model = GatedModel(embedder)
     model.gate.set()
     model.fail = True
-    with serve(build_app(model, ServerSettings(max_wait_ms=0.0))) as base, httpx.Client(base_url=base) as http:
+    with serve_app(build_app(model, ServerSettings(max_wait_ms=0.0))) as base, httpx.Client(base_url=base) as http:
         failed = http.post("/embed", json={"texts": ["一"]})
         assert failed.status_code == 500
         assert failed.json()["error"]["type"] == "server_error"
