@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole CPU recipe in one command: stage 1 -> mine -> stage 2 -> merge -> eval, then the results table.
 #   bash scripts/recipe_cpu.sh [SEED]          # env: OUT (default runs/recipe-SEED), SHARED (default ../shared),
-#                                               #      MERGE_WEIGHT (default 0.8), SKIP_EVAL=1, EVAL_STAGE2=1
+#                                               #      MERGE_WEIGHT (default 0.8), SKIP_EVAL=1, EVAL_STAGE2=1,
+#                                               #      OVERWRITE=1 (replace the models of an earlier run in OUT)
 # Each stage-1/2 run trims the vocabulary to its own training texts (model.trim_vocab) and saves the base's whole
 # vocabulary back. Wall and CPU time of every step go to $OUT/times.tsv; docs/results.md explains the choices.
 set -euo pipefail
@@ -12,6 +13,8 @@ OUT="${OUT:-runs/recipe-$SEED}"
 SHARED="${SHARED:-../shared}"
 MERGE_WEIGHT="${MERGE_WEIGHT:-0.8}"
 TRAIN="$SHARED/data/train"
+REPLACE=()
+[ "${OVERWRITE:-0}" = 1 ] && REPLACE=(--overwrite)  # train refuses to replace a finished model otherwise
 mkdir -p "$OUT/mined"
 [ -d "$TRAIN" ] || { echo "training data not found at $TRAIN (set SHARED)" >&2; exit 2; }
 
@@ -21,7 +24,7 @@ step() {  # step NAME COMMAND...: run it and append "NAME wall user sys" (second
   /usr/bin/time -f "$name	%e	%U	%S" -a -o "$OUT/times.tsv" "$@"
 }
 
-step stage1 piccolo-embed train --config configs/recipe_cpu/stage1.yaml \
+step stage1 piccolo-embed train "${REPLACE[@]}" --config configs/recipe_cpu/stage1.yaml \
   --set training.seed="$SEED" --set training.output_dir="$OUT/stage1"
 
 # Hard negatives from the stage-1 model: ranks 10-100 of each query's search over the set's own passages,
@@ -37,7 +40,7 @@ mine() {  # mine NAME INPUT KIND EXISTING
 mine medqa "$TRAIN/stage1/medqa.jsonl" s2p replace
 mine simclue_rank "$TRAIN/stage2/simclue_rank.jsonl" s2s append
 
-step stage2 piccolo-embed train --config configs/recipe_cpu/stage2.yaml \
+step stage2 piccolo-embed train "${REPLACE[@]}" --config configs/recipe_cpu/stage2.yaml \
   --set model.name="$OUT/stage1" --set training.seed="$SEED" --set training.output_dir="$OUT/stage2" \
   --set data.datasets.0.file="$OUT/mined/medqa.jsonl" --set data.datasets.1.file="$OUT/mined/simclue_rank.jsonl"
 
