@@ -79,7 +79,8 @@ def test_concurrent_requests_match_direct_encode_and_are_batched(embedder: Embed
             np.testing.assert_allclose(vectors, [expected[(text, role)] for text in texts], atol=1e-5)
     metrics = app.state.metrics
     requests = sum(len(work) for work in workloads)
-    assert metrics.batch_requests.total() == requests  # every request went through the worker
+    # Every request went through the worker; one whose texts the policy split over two passes counts in both.
+    assert requests <= metrics.batch_requests.total() <= requests + metrics.batch_size.count()
     assert metrics.texts.value() == sum(len(texts) for work in workloads for texts, _ in work)
     assert metrics.batch_size.count() < requests / 2  # concurrent requests were merged
 
