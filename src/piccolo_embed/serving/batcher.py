@@ -14,9 +14,8 @@ picks the next batch) and infinity's batch handler (a small, separately tested b
   texts and ``max_batch_tokens`` padded tokens (as offline ``encode`` plans them), and resolves each job's
   future as soon as its last row is done, with one ``call_soon_threadsafe`` per event loop.
 
-One model thread: on the 2-core box two workers of one torch thread each served 7% more texts/s than one of
-two threads with 8 texts per request but 2% fewer with 1 (docs/performance.md), not a clear gain for the
-complexity, and on GPU a second pass would only queue behind the first.
+One model thread: several workers were not a clear gain for their complexity (numbers in
+docs/performance.md), and on GPU a second pass would only queue behind the first.
 """
 
 from __future__ import annotations
