@@ -43,13 +43,6 @@ _FEATURES = {
             "neg": datasets.List(datasets.Value("string")),
         }
     ),
-    RecordKind.LABELLED: datasets.Features(
-        {
-            "query": datasets.Value("string"),
-            "pos": datasets.List(datasets.Value("string")),
-            "neg": datasets.List(datasets.Value("string")),
-        }
-    ),
     RecordKind.SCORED: datasets.Features(
         {
             "sentence1": datasets.Value("string"),
@@ -58,6 +51,9 @@ _FEATURES = {
         }
     ),
 }
+
+
+_FEATURES[RecordKind.LABELLED] = _FEATURES[RecordKind.TRIPLET]  # the label picks the loss, not the columns
 
 
 class DatasetKind(HelpfulEnum):

@@ -133,9 +133,7 @@ class HybridLoss(nn.Module):
         kind = batch.records.value
         if kind not in self.losses:
             raise ValueError(f"no loss configured for {kind} records (dataset {batch.dataset})")
-        value = self.losses[kind](batch.features, batch.labels)
-        weight = self.weights.get(kind, 1.0)
-        return value if weight == 1.0 else value * weight
+        return self.losses[kind](batch.features, batch.labels) * self.weights.get(kind, 1.0)
 
     def use_model(self, model: nn.Module) -> None:
         """Point every inner loss at ``model`` (the DDP/DeepSpeed-wrapped one), as sentence-transformers does.

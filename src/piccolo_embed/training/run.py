@@ -117,7 +117,7 @@ def train_from_config(
         objective=config.loss.contrastive,
         temperature=config.loss.temperature,
         cosent_temperature=config.loss.cosent_temperature,
-        label_temperature=config.loss.label_temperature or config.loss.temperature,
+        label_temperature=config.loss.label_temperature,
         weights={RecordKind.SCORED: config.loss.cosent_weight, RecordKind.LABELLED: config.loss.label_weight},
         mini_batch_size=config.loss.mini_batch_size,
         gather_across_devices=config.loss.gather_across_devices and distributed.world_size() > 1,
