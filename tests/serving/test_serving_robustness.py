@@ -107,6 +107,7 @@ def _stop(server: Server) -> None:
 
 
 DRAIN_S = 0.5
+PASS_S = 0.5  # a pass over a ``slow`` text sleeps this long (fake_server.py)
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -332,6 +333,7 @@ def test_shutdown_drains_for_a_bounded_time_then_answers_503(sig: signal.Signals
     body = json.dumps({"input": ["slow"]}).encode()
     request = b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
     clients = [_connect(draining) for _ in range(20)]
+    sent = time.monotonic()
     try:
         for sock in clients:
             sock.sendall(request % len(body) + body.replace(b"input", b"texts"))
@@ -339,14 +341,19 @@ def test_shutdown_drains_for_a_bounded_time_then_answers_503(sig: signal.Signals
         started = time.monotonic()
         draining.process.send_signal(sig)
         draining.process.wait(10)
-        stopped = time.monotonic() - started
+        ended = time.monotonic()
+        stopped = ended - started
         statuses = [_status(sock) for sock in clients]
     finally:
         for sock in clients:
             sock.close()
     # The backlog would take 10 s; the drain, the pass under way and the answers take about 1-3 s on a loaded box.
     assert stopped < drain + 4.0, f"shutdown took {stopped:.1f} s with a {drain} s drain"
-    assert statuses.count(503) >= 15 and set(statuses) <= {200, 503}, statuses
+    # Only the passes that fit between the first request and the exit (plus the one under way) may answer 200;
+    # a loaded box fits more of them before the signal, so the bound follows the clock, not a fixed count.
+    passes = int((ended - sent) / PASS_S) + 1
+    assert set(statuses) <= {200, 503} and statuses.count(200) <= passes, (statuses, passes)
+    assert statuses.count(503) >= 20 - passes >= 10, (statuses, passes)
 
 
 @pytest.mark.parametrize(
