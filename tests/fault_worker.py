@@ -166,7 +166,9 @@ def index_scenario(kind: str, work: Path) -> dict:
         "fresh": fresh,
         "op": op,
         "after_kill": after_kill,
-        "rerun": lambda target, state: state == "new" or op(target),  # a committed index is not built twice
+        # A committed build or append is not run twice (its ids would be refused as duplicates); an overwrite is
+        # rerun whatever the state, which also removes the staging directory a kill after the swap leaves.
+        "rerun": lambda target, state: (state == "new" and kind != "overwrite") or op(target),
         "final": final,
     }
 
