@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from piccolo_embed.atomic import move_files_into, replace_dir, staging_dir, write_json_atomic
+from piccolo_embed.atomic import exchange_dirs, move_files_into, replace_dir, staging_dir, write_json_atomic
 
 
 def test_write_json_atomic_replaces_and_refuses_nan(tmp_path: Path) -> None:
@@ -53,3 +53,17 @@ def test_move_files_into_puts_the_markers_last_and_keeps_other_entries(
     assert order[-1] == "config.json"
     assert sorted(p.name for p in target.iterdir()) == ["a.txt", "checkpoints", "config.json", "model.safetensors"]
     assert (target / "config.json").read_text() == "new"
+
+
+def test_exchange_dirs_swaps_in_one_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    old, new = tmp_path / "model", tmp_path / ".model.tmp"
+    old.mkdir()
+    new.mkdir()
+    (old / "w").write_text("old")
+    (new / "w").write_text("new")
+    renames: list[str] = []
+    monkeypatch.setattr(Path, "replace", lambda self, other: renames.append(self.name))
+    assert exchange_dirs(new, old)
+    assert (old / "w").read_text() == "new" and (new / "w").read_text() == "old"
+    replace_dir(old, new)  # the swap back goes through the exchange too: no two-rename window
+    assert (new / "w").read_text() == "new" and not old.exists() and renames == []

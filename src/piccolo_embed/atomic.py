@@ -7,6 +7,8 @@ directory so the rename itself survives a power cut (``os.replace`` alone only o
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import json
 import os
 import shutil
@@ -32,6 +34,14 @@ def fsync_tree(directory: Path) -> None:
             with (Path(root) / name).open("rb") as handle:
                 os.fsync(handle.fileno())
         fsync_dir(Path(root))
+
+
+def publish_file(tmp: Path, path: Path) -> None:
+    """Rename the finished file ``tmp`` to ``path``, with ``tmp`` synced before and the directory after."""
+    with tmp.open("rb") as handle:
+        os.fsync(handle.fileno())
+    tmp.replace(path)
+    fsync_dir(path.parent)
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -76,9 +86,13 @@ def staging_dir(target: Path) -> Iterator[Path]:
 def replace_dir(tmp: Path, target: Path) -> None:
     """Swap the finished directory ``tmp`` in for ``target`` (which may exist), synced before and after.
 
-    POSIX cannot rename over a non-empty directory, so an old ``target`` is first renamed aside; a kill between
-    the two renames leaves no ``target`` but the old one complete under ``.<name>.old-*``, never a mixed one.
+    POSIX cannot rename over a non-empty directory. On Linux the two are exchanged in one step
+    (:func:`exchange_dirs`); elsewhere an old ``target`` is first renamed aside, and a kill between the two
+    renames leaves no ``target`` but the old one complete under ``.<name>.old-*``, never a mixed one.
     """
+    if target.is_dir() and exchange_dirs(tmp, target):
+        shutil.rmtree(tmp, ignore_errors=True)  # now the old directory
+        return
     fsync_tree(tmp)
     old = None
     if target.exists():
@@ -88,6 +102,30 @@ def replace_dir(tmp: Path, target: Path) -> None:
     fsync_dir(target.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def exchange_dirs(tmp: Path, target: Path) -> bool:
+    """Atomically swap the directories ``tmp`` and ``target`` (both must exist), synced before and after.
+
+    Linux's ``renameat2(RENAME_EXCHANGE)`` swaps two names in one step, so a kill at any moment leaves either
+    the old or the new ``target``, never neither (which :func:`replace_dir`'s two renames can). The old content
+    ends up at ``tmp``. Returns ``False``, having changed nothing, where the platform or file system lacks it.
+    """
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    fsync_tree(tmp)
+    if renameat2(_AT_FDCWD, os.fsencode(tmp), _AT_FDCWD, os.fsencode(target), _RENAME_EXCHANGE) != 0:
+        err = ctypes.get_errno()
+        if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+            return False
+        raise OSError(err, os.strerror(err), str(target))
+    fsync_dir(target.parent)
+    return True
 
 
 def move_files_into(tmp: Path, target: Path, *, last: Iterable[str] = ()) -> None:

@@ -126,6 +126,11 @@ def write_matrix(output: Path, total: int, dim: int, blocks: Iterable[tuple[int,
     try:
         with tqdm(total=total, desc="encode", unit="text") as bar:
             for row, vectors in blocks:
+                bad = ~np.isfinite(vectors).all(axis=1)
+                if bad.any():  # a NaN matrix would look like a valid result; nothing is written
+                    raise ValueError(
+                        f"{output}: the model returned NaN or infinite values for text {row + 1 + int(np.argmax(bad))}"
+                    )
                 out[row : row + len(vectors)] = vectors
                 written += len(vectors)
                 bar.update(len(vectors))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,8 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Encode passages in chunks into INDEX_DIR. An interrupted run resumes when rerun; "
         "--append adds passages without re-encoding the old ones.",
     )
-    add_model_arguments(parser)
-    parser.add_argument("--corpus", required=True, type=Path, help="JSONL: {'_id'|'id'?, 'title'?, 'text'} per line")
+    add_model_arguments(parser, default="")  # required, except with --verify
+    parser.add_argument("--corpus", type=Path, help="JSONL: {'_id'|'id'?, 'title'?, 'text'} per line (required)")
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--output", type=Path, metavar="INDEX_DIR", help="index directory")
     target.add_argument(
@@ -73,7 +74,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_kind_argument(parser, default=None, note=" (default: s2p for a new index, the index's own when appending)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--append", action="store_true", help="add the corpus to an existing index")
-    mode.add_argument("--overwrite", action="store_true", help="replace an existing index")
+    mode.add_argument("--overwrite", action="store_true", help="replace an existing index (swapped in when complete)")
+    mode.add_argument("--verify", action="store_true", help="check INDEX_DIR against its checksums; no --corpus")
+    parser.add_argument(
+        "--skip-duplicates",
+        action="store_true",
+        help="skip passages whose id is already indexed or earlier in the corpus (default: refuse the corpus)",
+    )
     add_scale_arguments(parser, ray=True)
     parser.set_defaults(func=run)
 
@@ -84,6 +91,10 @@ def run(args: argparse.Namespace) -> int:
     from piccolo_embed.index.milvus import build_milvus
     from piccolo_embed.mining import TaskKind
 
+    if args.verify:
+        return verify(args)
+    if args.corpus is None or not args.model:
+        raise ValueError("--model and --corpus are required (except with --verify)")
     if not args.corpus.is_file():
         raise FileNotFoundError(f"corpus file not found: {args.corpus}")
     mode = BuildMode.APPEND if args.append else BuildMode.OVERWRITE if args.overwrite else BuildMode.CREATE
@@ -95,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
 
         chunks = RayChunks(*ray_parts(args, name))  # the model here only fingerprints the index
     with open_encoder(args, name) as encoder:
-        build = build_milvus if args.store else build_index
+        build = build_milvus if args.store else partial(build_index, skip_duplicates=args.skip_duplicates)
         store = build(
             encoder,
             args.corpus,
@@ -111,17 +122,32 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def verify(args: argparse.Namespace) -> int:
+    """``--verify``: rehash every file of the index and check its rows; one line either way."""
+    from piccolo_embed.index import IndexStore
+
+    if args.output is None:
+        raise ValueError("index --verify checks a directory index: give it --output INDEX_DIR")
+    store = IndexStore.open(args.output)
+    store.verify(full=True)
+    print(f"{args.output}: ok ({store.count} passages, {len(store.manifest.checksums)} files match their checksums)")
+    return 0
+
+
 def summary(store: IndexStore | MilvusStore, where: object) -> str:
     """One line on what a build added and what the index now holds."""
     from piccolo_embed.index import IndexStore
 
+    skipped = 0
     if isinstance(store, IndexStore):
         added, manifest = store.manifest.sources[-1]["rows"], store.manifest
         kind, model, count = manifest.index_type, manifest.model, store.count
+        skipped = int(manifest.sources[-1].get("skipped_duplicates") or 0)
     else:
         kind, model, count = store.state.index_type, store.state.model, store.state.count
         added = store.last_build_rows
+    duplicates = f", skipped {skipped} with duplicate ids" if skipped else ""
     return (
-        f"indexed {added} passages into {where} ({count} in total, {kind.value}, dim {model.dim}, "
+        f"indexed {added} passages into {where}{duplicates} ({count} in total, {kind.value}, dim {model.dim}, "
         f"model {model.name}, fingerprint {model.digest})"
     )

@@ -14,6 +14,7 @@ from piccolo_embed.index.ann import AnnParams, IndexType
 from piccolo_embed.index.build import DEFAULT_CHUNK_SIZE, BuildMode, IndexLockedError, build_index
 from piccolo_embed.index.corpus import Passage, read_corpus
 from piccolo_embed.index.fingerprint import ModelFingerprint, ModelMismatchError, fingerprint_encoder
+from piccolo_embed.index.guards import DuplicateIdError, EmptyCorpusError
 from piccolo_embed.index.search import Hit, Searcher
 from piccolo_embed.index.store import (
     CorruptIndexError,
@@ -28,6 +29,8 @@ __all__ = [
     "AnnParams",
     "BuildMode",
     "CorruptIndexError",
+    "DuplicateIdError",
+    "EmptyCorpusError",
     "Hit",
     "IncompleteIndexError",
     "IndexLockedError",

@@ -16,6 +16,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from piccolo_embed.atomic import publish_file
 from piccolo_embed.types import HelpfulEnum
 
 METRIC = faiss.METRIC_INNER_PRODUCT  # embeddings are L2-normalised, so inner product is cosine
@@ -117,10 +118,10 @@ def ann_search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndar
 
 
 def write_ann(index: faiss.Index, path: Path) -> None:
-    """Write ``index`` under a temporary name and rename it into place, so a crash never leaves half a file."""
+    """Write ``index`` under a temporary name, sync it and rename it into place: a crash never leaves half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
     faiss.write_index(index, str(tmp))
-    tmp.replace(path)
+    publish_file(tmp, path)
 
 
 def read_ann(path: Path) -> faiss.Index:

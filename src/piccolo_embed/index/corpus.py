@@ -2,8 +2,8 @@
 
 The reader yields one passage at a time and never holds the file, so an index can be built over a corpus
 larger than memory. Bad lines fail with ``file:line: field: reason`` (the same :class:`RecordError` that
-training records use) instead of being dropped. Ids are not checked for uniqueness: that would take memory
-in proportion to the corpus, which the streaming design avoids.
+training records use) instead of being dropped. Ids are checked for uniqueness by the build (guards.py),
+not here.
 """
 
 from __future__ import annotations

@@ -102,10 +102,17 @@ class Searcher:
         return ann_search(self._ann, queries, k)
 
     def search(self, queries: Sequence[str], k: int = 10) -> list[list[Hit]]:
-        """Encode ``queries`` and return the ``k`` best passages of each, best first."""
+        """Encode ``queries`` and return the ``k`` best passages of each, best first.
+
+        Raises:
+            ValueError: A query is empty or blank (it would match arbitrary passages); names its position.
+        """
         queries = validate_texts(queries)
         if not queries:
             return []
+        blank = [index for index, query in enumerate(queries) if not query.strip()]
+        if blank:
+            raise ValueError(f"query {blank[0]} is empty; give the text to search for")
         vectors = np.asarray(self.encoder.encode(queries, role=self.query_role), dtype=np.float32)
         scores, rows = self.search_vectors(vectors, k)
         return [self._hits(score_row, row_ids) for score_row, row_ids in zip(scores, rows, strict=True)]

@@ -6,7 +6,8 @@ append left past those marks are invisible to readers and are truncated by the n
 
 ::
 
-    manifest.json     commit record (format, generation, row count, model fingerprint, index type, sources)
+    manifest.json     commit record (format, generation, row count, model fingerprint, index type, sources,
+                      checksums of the committed bytes of every other file; see checksum.py)
     probes.npy        the model's probe embeddings (see fingerprint.py)
     embeddings.f32    row-major float32, ``count x dim``, little-endian; np.memmap-able
     texts.jsonl       one ``{"id", "text", "title"?}`` line per row
@@ -18,7 +19,8 @@ append left past those marks are invisible to readers and are truncated by the n
 from __future__ import annotations
 
 import json
-import os
+import logging
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +28,12 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from piccolo_embed.index import checksum
 from piccolo_embed.index.ann import AnnParams, IndexType, read_ann
 from piccolo_embed.index.fingerprint import ModelFingerprint
 from piccolo_embed.types import Role
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -39,6 +44,7 @@ OFFSETS = "offsets.u64"
 CHECKPOINT = "checkpoint.json"
 LOCK = ".lock"
 DATA_FILES = (EMBEDDINGS, TEXTS, OFFSETS)
+ANN_NAME = re.compile(r"ann-[0-9]+\.faiss")  # the only names a manifest may give its faiss file
 SEARCH_BLOCK_BYTES = 32 << 20  # exact search reads about this much of embeddings.f32 at a time
 
 
@@ -51,7 +57,7 @@ class IncompleteIndexError(IndexNotFoundError):
 
 
 class CorruptIndexError(ValueError):
-    """The manifest promises more data than the files hold."""
+    """The manifest is unreadable, or the files do not hold what it records."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +73,8 @@ class Manifest:
         model: Fingerprint of the model that encoded them.
         ann_file: The faiss file for IVF/HNSW, ``None`` for flat.
         ann_params: Settings of the approximate index.
-        sources: ``{"path", "first_row", "rows"}`` per committed build/append.
+        sources: ``{"path", "first_row", "rows", "skipped_duplicates"}`` per committed build/append.
+        checksums: Per file name, the :mod:`~piccolo_embed.index.checksum` record of its committed bytes.
     """
 
     generation: int
@@ -79,6 +86,7 @@ class Manifest:
     ann_file: str | None = None
     ann_params: AnnParams = field(default_factory=AnnParams)
     sources: tuple[dict[str, object], ...] = ()
+    checksums: dict[str, dict] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
         """JSON form (``format_version`` included)."""
@@ -94,13 +102,21 @@ class Manifest:
             "ann_file": self.ann_file,
             "ann_params": self.ann_params.to_json(),
             "sources": list(self.sources),
+            "checksums": self.checksums,
         }
 
     @classmethod
     def from_json(cls, payload: dict, probes: np.ndarray) -> Manifest:
-        """Inverse of :meth:`to_json`."""
+        """Inverse of :meth:`to_json`; file names are checked to be ones an index writes (see :func:`contained`)."""
         if payload.get("format_version") != FORMAT_VERSION:
             raise CorruptIndexError(f"unsupported index format_version {payload.get('format_version')!r}")
+        ann_file = payload.get("ann_file")
+        if ann_file is not None and not (isinstance(ann_file, str) and ANN_NAME.fullmatch(ann_file)):
+            raise CorruptIndexError(f"ann_file {ann_file!r} is not an index file name (ann-<generation>.faiss)")
+        checksums = payload.get("checksums") or {}
+        unknown = sorted(set(checksums) - {*DATA_FILES, PROBES, ann_file})
+        if unknown:
+            raise CorruptIndexError(f"checksums name files that are not part of the index: {unknown}")
         return cls(
             generation=int(payload["generation"]),
             count=int(payload["count"]),
@@ -108,34 +124,43 @@ class Manifest:
             index_type=IndexType.parse(payload["index_type"]),
             passage_role=Role.parse(payload["passage_role"]),
             model=ModelFingerprint.from_json(payload["model"], probes),
-            ann_file=payload.get("ann_file"),
+            ann_file=ann_file,
             ann_params=AnnParams.from_json(payload.get("ann_params") or {}),
             sources=tuple(payload.get("sources") or ()),
+            checksums=checksums,
         )
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a synced temporary file and a rename, so readers see old or new."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
+def contained(directory: Path, name: str) -> Path:
+    """``directory / name``, refused unless it is a plain file name that resolves inside ``directory``.
 
-
-def write_json_atomic(path: Path, payload: object) -> None:
-    """:func:`write_atomic` for a JSON document."""
-    write_atomic(path, (json.dumps(payload, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
+    Names come from the manifest, which a user or attacker may edit; ``../x`` must not make an append delete
+    or a search read a file elsewhere.
+    """
+    path = directory / name
+    if Path(name).name != name or name in ("", ".", "..") or path.resolve().parent != directory.resolve():
+        raise CorruptIndexError(f"{directory / MANIFEST}: {name!r} is not a file inside the index directory")
+    return path
 
 
 def read_manifest(directory: Path) -> Manifest | None:
-    """The committed manifest of ``directory``, or ``None`` when nothing was committed yet."""
+    """The committed manifest of ``directory``, or ``None`` when nothing was committed yet.
+
+    Raises:
+        CorruptIndexError: The manifest or the probes are unreadable or lack a key; names the file.
+    """
     path = directory / MANIFEST
     if not path.is_file():
         return None
-    payload = json.loads(path.read_text(encoding="utf-8"))
-    return Manifest.from_json(payload, np.load(directory / PROBES))
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        return Manifest.from_json(payload, np.load(directory / PROBES, allow_pickle=False))
+    except CorruptIndexError as err:
+        raise CorruptIndexError(f"{path}: {err}") from None
+    except KeyError as err:
+        raise CorruptIndexError(f"{path}: missing key {err}") from None
+    except (OSError, ValueError, TypeError, AttributeError) as err:
+        raise CorruptIndexError(f"{path}: unreadable index ({type(err).__name__}: {err})") from None
 
 
 class IndexStore:
@@ -153,7 +178,7 @@ class IndexStore:
         Raises:
             IncompleteIndexError: A build started but never committed.
             IndexNotFoundError: There is no index at all.
-            CorruptIndexError: Files are shorter than the manifest says.
+            CorruptIndexError: Files are shorter than the manifest says, or fail their sampled checksums.
         """
         directory = Path(directory)
         manifest = read_manifest(directory)
@@ -164,7 +189,44 @@ class IndexStore:
                     f"rerun the same `piccolo-embed index` command to resume it"
                 )
             raise IndexNotFoundError(f"{directory}: no index here (no {MANIFEST})")
-        return cls(directory, manifest)
+        store = cls(directory, manifest)
+        store.verify(full=False)
+        return store
+
+    def verify(self, *, full: bool = True) -> None:
+        """Check every file against the manifest's checksums; ``full`` also rehashes all bytes and checks rows.
+
+        Without ``full`` only sampled blocks of large files are hashed (milliseconds); with it every committed
+        byte is, every vector must be finite and unit-length, and the text offsets must be in order.
+
+        Raises:
+            CorruptIndexError: Naming the first file that does not match.
+        """
+        if not self.manifest.checksums:
+            if full:
+                raise CorruptIndexError(
+                    f"{self.directory}: the index records no checksums (built by an older "
+                    "version); rebuild it with --overwrite to make it verifiable"
+                )
+            log.warning("%s: the index records no checksums (built by an older version)", self.directory)
+            return
+        for name, record in self.manifest.checksums.items():
+            problem = checksum.mismatch(contained(self.directory, name), record, full=full)
+            if problem:
+                raise CorruptIndexError(f"{self.directory / name}: {problem}")
+        if full:
+            self._check_rows()
+
+    def _check_rows(self) -> None:
+        for first_row, block in self.iter_blocks():
+            bad = ~np.isfinite(block).all(axis=1) | (np.abs(np.linalg.norm(block, axis=1) - 1.0) > 1e-3)
+            if bad.any():
+                row = first_row + int(np.argmax(bad))
+                raise CorruptIndexError(f"{self.directory / EMBEDDINGS}: row {row} is not a finite unit vector")
+        if self.count:
+            offsets = np.fromfile(self.directory / OFFSETS, dtype="<u8", count=self.count).astype(np.int64)
+            if offsets[0] != 0 or (np.diff(offsets) <= 0).any() or offsets[-1] >= self.manifest.texts_bytes:
+                raise CorruptIndexError(f"{self.directory / OFFSETS}: text offsets are out of order")
 
     @property
     def count(self) -> int:
@@ -233,4 +295,9 @@ class IndexStore:
         """The faiss index of an IVF/HNSW index; ``None`` for flat."""
         if self.manifest.ann_file is None:
             return None
-        return read_ann(self.directory / self.manifest.ann_file)
+        path = contained(self.directory, self.manifest.ann_file)
+        try:
+            return read_ann(path)
+        except RuntimeError as err:  # faiss reports a broken file as a multi-line C++ exception
+            reason = str(err).strip().splitlines()[-1] if str(err).strip() else "unreadable"
+            raise CorruptIndexError(f"{path}: not a readable faiss index ({reason})") from None
