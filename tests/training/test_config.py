@@ -8,10 +8,9 @@ import pytest
 import yaml
 
 from piccolo_embed.data.records import RecordKind
-from piccolo_embed.data.sources import DatasetKind
 from piccolo_embed.losses import ContrastiveObjective
 from piccolo_embed.training.config import ConfigError, TrainConfig, apply_override
-from piccolo_embed.types import Precision
+from piccolo_embed.types import Precision, TaskKind
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 MINIMAL = {"model": {"name": "m"}, "data": {"datasets": [{"file": "a.jsonl"}]}, "training": {"output_dir": "o"}}
@@ -40,7 +39,7 @@ def test_stage_presets_mirror_the_recipe() -> None:
 def test_defaults_and_types() -> None:
     config = TrainConfig.from_mapping(MINIMAL)
     entry = config.data.datasets[0]
-    assert entry.kind is DatasetKind.S2P and entry.records is RecordKind.TRIPLET and entry.label == "a"
+    assert entry.kind is TaskKind.S2P and entry.records is RecordKind.TRIPLET and entry.label == "a"
     assert config.loss.contrastive is ContrastiveObjective.INFONCE
     assert config.to_dict()["training"]["precision"] == "fp32"
 
@@ -56,7 +55,7 @@ def test_defaults_and_types() -> None:
         ({"model": {"name": "m", "trim_vocab": "yes"}}, r"model.trim_vocab: expected true or false"),
         ({"model": {}}, r"model.name: required key is missing"),
         ({"loss": {"temperature": 0}}, r"loss.temperature: must be > 0"),
-        ({"data": {"datasets": [{"file": "a", "kind": "p2p"}]}}, r"data.datasets\[0\].kind: unknown DatasetKind"),
+        ({"data": {"datasets": [{"file": "a", "kind": "p2p"}]}}, r"data.datasets\[0\].kind: unknown TaskKind"),
         ({"data": {"datasets": [{"file": "x/a.jsonl"}, {"file": "y/a.jsonl"}]}}, r"duplicate names \['a'\]"),
         ({"data": {"datasets": []}}, r"data.datasets: needs at least one dataset"),
         ({"loss": {"matryoshka_dims": [32, "x"]}}, r"loss.matryoshka_dims\[1\]: expected int"),

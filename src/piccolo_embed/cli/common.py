@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from piccolo_embed.inference.embedder import Embedder
 from piccolo_embed.types import Backend, Device, Precision, RolePreset
+
+if TYPE_CHECKING:
+    from piccolo_embed.inference.embedder import Embedder
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, *, default: str | None = None) -> None:
@@ -37,6 +40,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, default: str | None 
 
 def load_embedder(args: argparse.Namespace) -> Embedder:
     """Build the :class:`Embedder` described by :func:`add_model_arguments`' options."""
+    from piccolo_embed.inference.embedder import Embedder
+
     return Embedder.from_pretrained(
         args.model,
         roles=args.roles,

@@ -27,7 +27,7 @@ import torch
 from piccolo_embed import distributed
 from piccolo_embed.data.records import OnError, ReadStats, RecordKind, ScoredPair, TripletRecord, read_records
 from piccolo_embed.data.sampler import decode_key
-from piccolo_embed.types import HelpfulEnum
+from piccolo_embed.types import TaskKind
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +56,6 @@ _FEATURES = {
 _FEATURES[RecordKind.LABELLED] = _FEATURES[RecordKind.TRIPLET]  # the label picks the loss, not the columns
 
 
-class DatasetKind(HelpfulEnum):
-    """``s2p`` (query → passage: instructions on both sides) or ``s2s`` (sentence pairs: no instruction)."""
-
-    S2S = "s2s"
-    S2P = "s2p"
-
-
 @dataclass(frozen=True)
 class SourceSpec:
     """Where a dataset is and how it is used.
@@ -79,7 +72,7 @@ class SourceSpec:
 
     name: str
     path: Path
-    kind: DatasetKind = DatasetKind.S2P
+    kind: TaskKind = TaskKind.S2P
     records: RecordKind = RecordKind.TRIPLET
     weight: float = 1.0
     cap: int | None = None

@@ -22,13 +22,17 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import faiss
 import numpy as np
 
+from piccolo_embed.errors import CorruptIndexError, IncompleteIndexError, IndexNotFoundError
 from piccolo_embed.index.ann import AnnParams, IndexType, read_ann
 from piccolo_embed.index.fingerprint import ModelFingerprint
 from piccolo_embed.types import Role
+
+if TYPE_CHECKING:
+    import faiss
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -40,18 +44,6 @@ CHECKPOINT = "checkpoint.json"
 LOCK = ".lock"
 DATA_FILES = (EMBEDDINGS, TEXTS, OFFSETS)
 SEARCH_BLOCK_BYTES = 32 << 20  # exact search reads about this much of embeddings.f32 at a time
-
-
-class IndexNotFoundError(FileNotFoundError):
-    """No committed index in the directory."""
-
-
-class IncompleteIndexError(IndexNotFoundError):
-    """A build was interrupted before its first commit; rerunning it resumes."""
-
-
-class CorruptIndexError(ValueError):
-    """The manifest promises more data than the files hold."""
 
 
 @dataclass(frozen=True)

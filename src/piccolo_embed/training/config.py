@@ -18,14 +18,10 @@ from typing import Any, Self
 import yaml
 
 from piccolo_embed.data.records import RecordKind
-from piccolo_embed.data.sources import DatasetKind
+from piccolo_embed.errors import ConfigError
 from piccolo_embed.losses import ContrastiveObjective
 from piccolo_embed.textfiles import read_utf8
-from piccolo_embed.types import HelpfulEnum, Precision
-
-
-class ConfigError(ValueError):
-    """A configuration key or value is invalid; the message names its dotted path."""
+from piccolo_embed.types import HelpfulEnum, Precision, TaskKind
 
 
 class Scheduler(HelpfulEnum):
@@ -80,7 +76,7 @@ class DatasetEntry:
 
     file: str
     name: str = ""
-    kind: DatasetKind = DatasetKind.S2P
+    kind: TaskKind = TaskKind.S2P
     records: RecordKind = RecordKind.TRIPLET
     weight: float = 1.0
     cap: int | None = None

@@ -17,7 +17,6 @@ from piccolo_embed.data.collator import RoleAwareCollator
 from piccolo_embed.data.records import OnError, RecordKind
 from piccolo_embed.data.sampler import OneDatasetBatchSampler
 from piccolo_embed.data.sources import (
-    DatasetKind,
     SourceMixture,
     SourceSpec,
     TrainSource,
@@ -32,7 +31,7 @@ from piccolo_embed.training.checkpoint import CHECKPOINTS, checkpoints, intact_c
 from piccolo_embed.training.dev_eval import BEST_FILE, DevEvaluator
 from piccolo_embed.training.loop import LOG_FILE, LoopOptions, fit, make_accelerator
 from piccolo_embed.training.resume import check_resume_config
-from piccolo_embed.types import Role, RoleSpec, RoleSpecs
+from piccolo_embed.types import Role, RoleSpec, RoleSpecs, TaskKind
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -55,7 +54,7 @@ def source_specs(data: DataConfig) -> list[SourceSpec]:
             path=resolve_data_file(entry.file),
             kind=entry.kind,
             records=entry.records,
-            weight=entry.weight * (data.s2p_oversample if entry.kind is DatasetKind.S2P else 1.0),
+            weight=entry.weight * (data.s2p_oversample if entry.kind is TaskKind.S2P else 1.0),
             cap=entry.cap,
             num_negatives=entry.num_negatives,
         )
@@ -286,8 +285,8 @@ def _trimmed_base(model_dir: Path, sources: list[TrainSource], model: ModelConfi
 
 
 def _embedded_texts(source: TrainSource, model: ModelConfig) -> list[str]:
-    s2p = source.spec.kind is DatasetKind.S2P
-    first, second = (model.query_prefix, model.passage_prefix) if s2p else ("", "")
+    prefixes = {Role.QUERY: model.query_prefix, Role.PASSAGE: model.passage_prefix, Role.NONE: ""}
+    first, second = (prefixes[role] for role in source.spec.kind.roles)
     table = source.table
     if "score" in table.column_names:  # scored pairs
         return [first + t for t in table["sentence1"]] + [second + t for t in table["sentence2"]]
