@@ -36,7 +36,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-LCSTS = Path("/work/shared/data/train/stage1/lcsts.jsonl")
+REPO = Path(__file__).resolve().parents[1]
+LCSTS = REPO.parent / "shared" / "data" / "train" / "stage1" / "lcsts.jsonl"  # ../shared, read in place
 TEMPERATURE = 0.01
 
 
@@ -62,7 +63,7 @@ def parse_args() -> argparse.Namespace:
     if not args.data.is_file():
         from piccolo_embed.data.sources import resolve_data_file
 
-        print(f"{args.data} not found: using the bundled demo pairs")
+        print(f"{args.data} not found (../shared is absent or lacks it): using the bundled demo pairs")
         args.data = resolve_data_file("resource:train_demo.jsonl")
     return args
 
