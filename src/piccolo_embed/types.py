@@ -92,7 +92,11 @@ class Quantization(HelpfulEnum):
 
 
 class Precision(HelpfulEnum):
-    """Autocast precision on CUDA. CPU always runs fp32 (bf16 matmul was ~130x slower on our CPUs)."""
+    """Numeric precision of the forward pass.
+
+    On CUDA it is the autocast dtype (``auto``: bf16 where supported, else fp16). On CPU ``auto`` and ``fp32`` run
+    fp32, ``bf16`` needs AMX (inference: bf16 weights; training: bf16 autocast), and ``fp16`` is refused.
+    """
 
     AUTO = "auto"
     FP32 = "fp32"
