@@ -86,10 +86,10 @@ def run_ours(
     args: argparse.Namespace, model: Path, out: Path, precision: str = "fp32", seed: int = 42
 ) -> list[dict[str, float]]:
     """One round of our trainer; its ``log.jsonl`` entries (logged every step)."""
-    from piccolo_embed.training.config import TrainConfig
+    from piccolo_embed.training.config import RunConfig
     from piccolo_embed.training.run import train_from_config
 
-    config = TrainConfig.from_mapping(
+    config = RunConfig.from_mapping(
         {
             "model": {
                 "name": str(model),

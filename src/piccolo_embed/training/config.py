@@ -196,8 +196,11 @@ class TrainingConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """The whole run."""
+class RunConfig:
+    """Everything one training run reads (one YAML file): model, data, training and loss sections.
+
+    Named apart from :class:`TrainingConfig`, which is only its ``training:`` section.
+    """
 
     model: ModelConfig
     data: DataConfig
@@ -318,7 +321,7 @@ def _convert(hint: Any, value: Any, where: str) -> Any:  # noqa: PLR0911 - one b
     raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
 
 
-def _check_ranges(config: TrainConfig) -> None:
+def _check_ranges(config: RunConfig) -> None:
     checks = [
         (not config.data.datasets, "data.datasets", "needs at least one dataset"),
         (config.data.alpha < 0, "data.alpha", "must be >= 0"),

@@ -1,4 +1,4 @@
-"""Wire a :class:`TrainConfig` into model, data, sampler, collator, loss and loop: the only reader of the config."""
+"""Wire a :class:`RunConfig` into model, data, sampler, collator, loss and loop: the only reader of the config."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from piccolo_embed.types import Role, RoleSpec, RoleSpecs, TaskKind
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-    from piccolo_embed.training.config import DataConfig, ModelConfig, TrainConfig
+    from piccolo_embed.training.config import DataConfig, ModelConfig, RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def role_specs(model: ModelConfig, limit: int) -> RoleSpecs:
 
 
 def train_from_config(
-    config: TrainConfig, *, resume: bool = False, overwrite: bool = False, allow_changes: Collection[str] = ()
+    config: RunConfig, *, resume: bool = False, overwrite: bool = False, allow_changes: Collection[str] = ()
 ) -> Path:
     """Run the whole recipe and write the model (sentence-transformers layout + role settings) to ``output_dir``.
 
@@ -154,7 +154,7 @@ def train_from_config(
     return output_dir
 
 
-def _check_resume(output_dir: Path, config: TrainConfig, allow_changes: Collection[str]) -> None:
+def _check_resume(output_dir: Path, config: RunConfig, allow_changes: Collection[str]) -> None:
     """Compare ``config`` with the newest intact checkpoint's, before any data or model is loaded."""
     newest = next(intact_checkpoints(output_dir), None)
     if newest is None:
@@ -163,7 +163,7 @@ def _check_resume(output_dir: Path, config: TrainConfig, allow_changes: Collecti
 
 
 def _dev_evaluator(
-    config: TrainConfig, roles: RoleSpecs, output_dir: Path, save: Callable[[SentenceTransformer, Path], None]
+    config: RunConfig, roles: RoleSpecs, output_dir: Path, save: Callable[[SentenceTransformer, Path], None]
 ) -> DevEvaluator | None:
     """The dev evaluator of ``training.eval`` (tasks are loaded and checked now, before any training step)."""
     settings = config.training.eval
@@ -172,7 +172,7 @@ def _dev_evaluator(
     return DevEvaluator(settings.tasks, roles, output_dir, save, max_per_task=settings.max_per_task)
 
 
-def _sampler(config: TrainConfig, sources: list[TrainSource]) -> OneDatasetBatchSampler:
+def _sampler(config: RunConfig, sources: list[TrainSource]) -> OneDatasetBatchSampler:
     return OneDatasetBatchSampler(
         [len(source) for source in sources],
         config.training.batch_size,
@@ -192,7 +192,7 @@ def _freeze_pooler(model: torch.nn.Module) -> None:
         pooler.requires_grad_(False)
 
 
-def _loop_options(config: TrainConfig, output_dir: Path, steps_per_epoch: int) -> LoopOptions:
+def _loop_options(config: RunConfig, output_dir: Path, steps_per_epoch: int) -> LoopOptions:
     training = config.training
     return LoopOptions(
         output_dir=output_dir,
