@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from piccolo_embed.defaults import CACHE_ENV
 from piccolo_embed.starter import convert as conv
 from piccolo_embed.starter.e5s1 import DTYPE_F32, DTYPE_Q4_0, dequantize_q4_0, read_e5s1
 
@@ -239,8 +240,8 @@ def test_unfinished_target_is_replaced(monkeypatch: pytest.MonkeyPatch, tmp_path
 
 
 def test_cache_location_follows_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv(conv.CACHE_ENV, str(tmp_path / "envcache"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "envcache"))
     assert conv.starter_dir() == tmp_path / "envcache" / conv.STARTER_NAME
     assert conv.starter_dir(tmp_path / "explicit") == tmp_path / "explicit" / conv.STARTER_NAME
-    monkeypatch.delenv(conv.CACHE_ENV)
+    monkeypatch.delenv(CACHE_ENV)
     assert conv.starter_dir() == Path.home() / ".cache" / "piccolo-embed" / conv.STARTER_NAME

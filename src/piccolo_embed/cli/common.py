@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from piccolo_embed.defaults import BATCH_SIZE, MAX_BATCH_TOKENS
 from piccolo_embed.types import Backend, Device, Precision, RolePreset
 
 if TYPE_CHECKING:
@@ -34,8 +35,10 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, default: str | None 
         help="onnx needs `piccolo-embed export --model SPEC` first (CPU only)",
     )
     parser.add_argument("--int8", action="store_true", help="with --backend onnx: use the int8 graph")
-    parser.add_argument("--batch-size", type=int, default=64, help="most texts per forward pass")
-    parser.add_argument("--max-batch-tokens", type=int, default=16384, help="most padded tokens per forward pass")
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="most texts per forward pass")
+    parser.add_argument(
+        "--max-batch-tokens", type=int, default=MAX_BATCH_TOKENS, help="most padded tokens per forward pass"
+    )
 
 
 def load_embedder(args: argparse.Namespace) -> Embedder:

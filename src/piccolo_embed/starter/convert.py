@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
 import struct
 import sys
@@ -22,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+from piccolo_embed.defaults import cache_root
 from piccolo_embed.starter.e5s1 import E5S1File, read_e5s1
 
 logger = logging.getLogger(__name__)
 
-CACHE_ENV = "PICCOLO_EMBED_CACHE"
 STARTER_NAME = "starter-multilingual-e5-small-q4-v1"
 MARKER_FILE = ".piccolo-starter-complete.json"
 BUNDLED_MODEL = "e5-small-q4.bin"
@@ -62,8 +61,7 @@ def starter_dir(cache_dir: str | Path | None = None) -> Path:
     Nothing is created, so callers can check for the model without triggering a conversion.
     """
     if cache_dir is None:
-        env = os.environ.get(CACHE_ENV)
-        cache_dir = Path(env) if env else Path.home() / ".cache" / "piccolo-embed"
+        cache_dir = cache_root()
     return Path(cache_dir).expanduser() / STARTER_NAME
 
 
