@@ -36,7 +36,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-LCSTS = Path("/work/shared/data/train/stage1/lcsts.jsonl")
+REPO = Path(__file__).resolve().parents[1]
+LCSTS = REPO.parent / "shared" / "data" / "train" / "stage1" / "lcsts.jsonl"  # ../shared, read in place
 TEMPERATURE = 0.01
 
 
@@ -62,7 +63,7 @@ def parse_args() -> argparse.Namespace:
     if not args.data.is_file():
         from piccolo_embed.data.sources import resolve_data_file
 
-        print(f"{args.data} not found: using the bundled demo pairs")
+        print(f"{args.data} not found (../shared is absent or lacks it): using the bundled demo pairs")
         args.data = resolve_data_file("resource:train_demo.jsonl")
     return args
 
@@ -85,10 +86,10 @@ def run_ours(
     args: argparse.Namespace, model: Path, out: Path, precision: str = "fp32", seed: int = 42
 ) -> list[dict[str, float]]:
     """One round of our trainer; its ``log.jsonl`` entries (logged every step)."""
-    from piccolo_embed.training.config import TrainConfig
+    from piccolo_embed.training.config import RunConfig
     from piccolo_embed.training.run import train_from_config
 
-    config = TrainConfig.from_mapping(
+    config = RunConfig.from_mapping(
         {
             "model": {
                 "name": str(model),

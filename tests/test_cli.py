@@ -70,3 +70,21 @@ def test_onnx_backend_via_cli_matches_torch(tiny_bert_dir, tmp_path):
             assert (vectors * torch_vectors).sum(axis=1).mean() > 0.99
         else:
             np.testing.assert_allclose(vectors, torch_vectors, atol=tolerance)
+
+
+HEAVY_MODULES = ("torch", "transformers", "sentence_transformers", "faiss", "mteb", "fastapi", "scipy", "sklearn")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["encode", "--no-such-flag"]])
+def test_help_version_and_argument_errors_import_no_heavy_library(argv):
+    # A fresh interpreter: this test process has long imported torch.
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\nfrom piccolo_embed.cli import main\n"
+        f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+        f"print(sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=300)
+    assert done.stdout.splitlines()[-1] == "[]"

@@ -9,13 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-
-class EncodingError(ValueError):
-    """A file is not valid UTF-8; the message names the file, line and column (1-based, in bytes)."""
-
-    def __init__(self, path: Path, line: int, column: int, reason: str) -> None:
-        super().__init__(f"{path}:{line}: not valid UTF-8 at byte {column} of the line ({reason})")
-        self.path, self.line, self.column = path, line, column
+from piccolo_embed.errors import EncodingError
 
 
 def read_utf8(path: Path) -> str:

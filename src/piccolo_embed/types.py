@@ -42,6 +42,33 @@ class Role(HelpfulEnum):
         return cls.NONE if value is None else cls.parse(value)
 
 
+class TaskKind(HelpfulEnum):
+    """Whether the two sides of a pair are different kinds of text.
+
+    ``s2p`` (short query, long passage: retrieval, reranking) encodes the first side with the query role and the
+    second with the passage role. ``s2s`` (paraphrase, NLI, STS-like pairs) encodes both sides with ``none``:
+    either side could be the query, and neither gets a retrieval instruction.
+    """
+
+    S2P = "s2p"
+    S2S = "s2s"
+
+    @property
+    def roles(self) -> tuple[Role, Role]:
+        """Roles of the first side (query, sentence1) and of the second side (passages, sentence2)."""
+        return (Role.QUERY, Role.PASSAGE) if self is TaskKind.S2P else (Role.NONE, Role.NONE)
+
+    @property
+    def query_role(self) -> Role:
+        """Role of the query side."""
+        return self.roles[0]
+
+    @property
+    def passage_role(self) -> Role:
+        """Role of the corpus side."""
+        return self.roles[1]
+
+
 class Device(HelpfulEnum):
     """Where inference runs; ``AUTO`` picks CUDA when it is available."""
 
@@ -57,8 +84,19 @@ class Backend(HelpfulEnum):
     ONNX = "onnx"
 
 
+class Quantization(HelpfulEnum):
+    """Weight quantisation applied after an fp32 ONNX export."""
+
+    NONE = "none"
+    INT8 = "int8"
+
+
 class Precision(HelpfulEnum):
-    """Autocast precision on CUDA. CPU always runs fp32 (bf16 matmul was ~130x slower on our CPUs)."""
+    """Numeric precision of the forward pass.
+
+    On CUDA it is the autocast dtype (``auto``: bf16 where supported, else fp16). On CPU ``auto`` and ``fp32`` run
+    fp32, ``bf16`` needs AMX (inference: bf16 weights; training: bf16 autocast), and ``fp16`` is refused.
+    """
 
     AUTO = "auto"
     FP32 = "fp32"

@@ -13,13 +13,13 @@ from piccolo_embed.data import sources
 from piccolo_embed.data.records import OnError, RecordError, RecordKind
 from piccolo_embed.data.sampler import encode_key
 from piccolo_embed.data.sources import (
-    DatasetKind,
     SourceMixture,
     SourceSpec,
     load_source,
     load_sources,
     resolve_data_file,
 )
+from piccolo_embed.types import TaskKind
 
 GOOD = [
     {"query": "今天天气", "pos": ["明天下雨"], "neg": []},
@@ -33,7 +33,7 @@ def _write(path: Path, lines: list[object]) -> Path:
 
 
 def _spec(path: Path, records: RecordKind = RecordKind.TRIPLET) -> SourceSpec:
-    return SourceSpec(path.stem, path, DatasetKind.S2P, records)
+    return SourceSpec(path.stem, path, TaskKind.S2P, records)
 
 
 def test_loads_into_a_memory_mapped_cache_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

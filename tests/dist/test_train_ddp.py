@@ -18,14 +18,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from piccolo_embed.training.config import TrainConfig
+from piccolo_embed.training.config import RunConfig
 from piccolo_embed.training.run import train_from_config
 
 LAUNCHER = """
 import sys
-from piccolo_embed.training.config import TrainConfig
+from piccolo_embed.training.config import RunConfig
 from piccolo_embed.training.run import train_from_config
-train_from_config(TrainConfig.from_yaml(sys.argv[1]))
+train_from_config(RunConfig.from_yaml(sys.argv[1]))
 """
 WORDS = "今天天气很好我们去公园散步明天会下雨吗北京上海的美食推荐如何学习编程机器人工智能医院看病感冒发烧吃药手机电脑"
 
@@ -49,7 +49,7 @@ def _config(tmp_path: Path, model: Path, data: Path, name: str, batch_size: int)
             "log_every": 1,
         },
     }
-    TrainConfig.from_mapping(raw)  # validate before launching
+    RunConfig.from_mapping(raw)  # validate before launching
     path = tmp_path / f"{name}.json"
     path.write_text(json.dumps(raw))  # JSON is YAML
     return path
@@ -66,7 +66,7 @@ def test_two_ranks_match_one_process_with_the_global_batch(tiny_bert_dir: Path, 
     ]
     data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
-    single = train_from_config(TrainConfig.from_yaml(_config(tmp_path, tiny_bert_dir, data, "single", 8)))
+    single = train_from_config(RunConfig.from_yaml(_config(tmp_path, tiny_bert_dir, data, "single", 8)))
     launcher = tmp_path / "launch.py"
     launcher.write_text(LAUNCHER)
     command = [

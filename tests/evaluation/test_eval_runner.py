@@ -215,10 +215,3 @@ def test_shared_cmteb_mini_runs_quickly_with_a_fake_encoder() -> None:
     assert len(results.tasks) == 12
     assert all(t.n_samples == 30 for t in results.tasks)
     assert all(np.isfinite(t.main_score) for t in results.tasks)
-
-
-def test_cli_benchmark_choices_match_the_bridge() -> None:
-    from piccolo_embed.cli.eval import BENCHMARKS
-    from piccolo_embed.evaluation.mteb_bridge import Benchmark
-
-    assert set(BENCHMARKS) == {b.value for b in Benchmark}

@@ -102,10 +102,3 @@ def test_search_prints_a_ranked_table(tiny_bert_dir, tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "query: 公园"
     assert out[1].split()[0] == "1" and out[2].split()[0] == "2" and "doc" in out[1]
-
-
-def test_cli_chunk_default_matches_the_library():
-    from piccolo_embed.index import DEFAULT_CHUNK_SIZE
-
-    args = build_parser(MODULES).parse_args(["index", "--model", "m", "--corpus", "c", "--output", "o"])
-    assert args.chunk_size == DEFAULT_CHUNK_SIZE

@@ -133,3 +133,14 @@ def test_batches_pad_only_to_their_own_longest_row(tiny_bert_dir):
     embedder = Embedder(base.model, base.roles, runner=RecordingRunner(), batch_size=2)
     embedder.encode(["好" * 30, "好", "好" * 29, "好" * 2], None)
     assert [(shape, lengths) for shape, lengths in seen] == [((2, 32), [32, 31]), ((2, 4), [4, 3])]
+
+
+def test_count_tokens_counts_prefix_and_special_tokens_with_and_without_truncation(tiny_bert_dir):
+    roles = {Role.QUERY: RoleSpec("查询：", 8), Role.PASSAGE: RoleSpec("结果：", 20), Role.NONE: RoleSpec("", 128)}
+    embedder = Embedder.from_pretrained(tiny_bert_dir, roles=roles, device="cpu")
+    texts = ["今天天气很好" * 10, "好"]  # the tiny vocabulary has one token per CJK character, plus [CLS] and [SEP]
+    assert embedder.count_tokens(texts, "query") == [8, 3 + 1 + 2]
+    assert embedder.count_tokens(texts, "query", truncate=False) == [3 + 60 + 2, 3 + 1 + 2]
+    assert embedder.count_tokens(texts, None, truncate=False) == [62, 3]
+    assert embedder.count_tokens(texts, "passage") == [len(ids) for ids in embedder.tokenize(texts, "passage")]
+    assert embedder.count_tokens([], "query", truncate=False) == []

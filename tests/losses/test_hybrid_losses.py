@@ -91,3 +91,14 @@ def test_use_model_repoints_every_inner_loss(tiny_st) -> None:
     assert len(inner) == 6  # Matryoshka(MNRL), Matryoshka(CoSENT), Matryoshka(label contrast)
     assert all(m.model is wrapper for m in inner)
     assert wrapper.get_embedding_dimension() == tiny_st.get_embedding_dimension()
+
+
+def test_inner_losses_keep_the_model_where_replace_model_looks(tiny_st) -> None:
+    # _replace_model follows sentence-transformers internals: each loss holds the model as `.model`, and the
+    # losses call `preprocess` and `get_embedding_dimension` on it (the two methods bound onto a wrapper).
+    hybrid = build_hybrid_loss(
+        tiny_st, objective="gte", temperature=0.05, cosent_temperature=0.05, matryoshka_dims=(32, 16)
+    )
+    inner = [m for m in hybrid.losses.modules() if type(m).__name__.endswith("Loss")]
+    assert inner and all(m.model is tiny_st for m in inner)
+    assert callable(tiny_st.preprocess) and tiny_st.get_embedding_dimension() == 32

@@ -8,8 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from piccolo_embed.defaults import CACHE_ENV
 from piccolo_embed.starter import convert as conv
+from piccolo_embed.starter import tokenizer as tok
 from piccolo_embed.starter.e5s1 import DTYPE_F32, DTYPE_Q4_0, dequantize_q4_0, read_e5s1
+from piccolo_embed.starter.weights import build_state_dict
 
 # Two hand-made Q4_0 blocks. fp16 0.5 is 0x3800, fp16 -2.0 is 0xC000 (little-endian below).
 BLOCK_A = b"\x00\x38" + bytes(range(16))  # low nibbles 0..15, high nibbles 0
@@ -120,17 +123,17 @@ def test_tensor_past_end_of_file_is_rejected(tmp_path: Path) -> None:
 def test_charsmap_reproduces_the_norm_map() -> None:
     from tokenizers import normalizers
 
-    precompiled = normalizers.Precompiled(conv.build_charsmap(NORM))
+    precompiled = normalizers.Precompiled(tok.build_charsmap(NORM))
     assert precompiled.normalize_str("ａb\u3000c\x07½") == "ab c1⁄2"
     assert precompiled.normalize_str("不变 text ～") == "不变 text ～"
 
 
 def test_unknown_char_pattern_uses_ranges() -> None:
-    assert conv.unknown_char_pattern("abcx") == r"[^\x{61}-\x{63}\x{78}]"
+    assert tok.unknown_char_pattern("abcx") == r"[^\x{61}-\x{63}\x{78}]"
 
 
 def test_tokenizer_follows_engine_rules(tiny_file: Path) -> None:
-    tokenizer = conv.build_tokenizer(read_e5s1(tiny_file))
+    tokenizer = tok.build_tokenizer(read_e5s1(tiny_file))
     # NFKC-map, collapse spaces, one leading ▁, one <unk> per unknown character (x and y not fused).
     assert tokenizer.encode("ab  ａ\u3000x\x07y").ids == [0, 7, 4, 5, 4, 3, 3, 2]
     # a trailing space survives as its own ▁ piece, as in the engine
@@ -156,7 +159,7 @@ def test_bert_state_dict_names_and_shapes(tmp_path: Path) -> None:
         tensors[f"l0.{short}.w"] = (DTYPE_F32, h, bytes(4 * h))
         tensors[f"l0.{short}.b"] = (DTYPE_F32, h, bytes(4 * h))
     path.write_bytes(e5s1_bytes(tensors))
-    state = conv.build_state_dict(read_e5s1(path))
+    state = build_state_dict(read_e5s1(path))
     assert state["embeddings.word_embeddings.weight"].shape == (10, h)
     assert state["encoder.layer.0.intermediate.dense.weight"].shape == (ff, h)
     assert state["encoder.layer.0.output.dense.weight"].shape == (h, ff)
@@ -239,8 +242,8 @@ def test_unfinished_target_is_replaced(monkeypatch: pytest.MonkeyPatch, tmp_path
 
 
 def test_cache_location_follows_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv(conv.CACHE_ENV, str(tmp_path / "envcache"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "envcache"))
     assert conv.starter_dir() == tmp_path / "envcache" / conv.STARTER_NAME
     assert conv.starter_dir(tmp_path / "explicit") == tmp_path / "explicit" / conv.STARTER_NAME
-    monkeypatch.delenv(conv.CACHE_ENV)
+    monkeypatch.delenv(CACHE_ENV)
     assert conv.starter_dir() == Path.home() / ".cache" / "piccolo-embed" / conv.STARTER_NAME

@@ -7,15 +7,15 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from piccolo_embed.starter import ensure_starter
-from piccolo_embed.starter.fidelity import (
+from fidelity import (  # tests/starter/fidelity.py
     MIN_MEAN_COSINE,
     MIN_TOKEN_AGREEMENT,
     compare_embeddings,
     compare_token_ids,
 )
-from piccolo_embed.starter.fidelity_texts import fidelity_texts
+from fidelity_texts import fidelity_texts
+
+from piccolo_embed.starter import ensure_starter
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from piccolo_embed.training.config import TrainConfig
+from piccolo_embed.training.config import RunConfig
 
 WORDS = "今天天气很好我们去公园散步明天会下雨吗北京上海的美食推荐如何学习编程机器人工智能医院看病感冒发烧吃药手机电脑"
 
@@ -35,10 +35,10 @@ def scored_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def make_config(tiny_bert_dir: Path, pairs_file: Path, scored_file: Path, tmp_path: Path) -> Callable[..., TrainConfig]:
+def make_config(tiny_bert_dir: Path, pairs_file: Path, scored_file: Path, tmp_path: Path) -> Callable[..., RunConfig]:
     """A config dict on the tiny model; keyword arguments override ``training`` keys."""
 
-    def build(output: str = "run", model_overrides: dict[str, Any] | None = None, **training: Any) -> TrainConfig:
+    def build(output: str = "run", model_overrides: dict[str, Any] | None = None, **training: Any) -> RunConfig:
         raw = {
             "model": {
                 "name": str(tiny_bert_dir),
@@ -64,6 +64,6 @@ def make_config(tiny_bert_dir: Path, pairs_file: Path, scored_file: Path, tmp_pa
                 **training,
             },
         }
-        return TrainConfig.from_mapping(raw)
+        return RunConfig.from_mapping(raw)
 
     return build

@@ -8,10 +8,9 @@ import pytest
 import yaml
 
 from piccolo_embed.data.records import RecordKind
-from piccolo_embed.data.sources import DatasetKind
 from piccolo_embed.losses import ContrastiveObjective
-from piccolo_embed.training.config import ConfigError, TrainConfig, apply_override
-from piccolo_embed.types import Precision
+from piccolo_embed.training.config import ConfigError, RunConfig, apply_override
+from piccolo_embed.types import Precision, TaskKind
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 MINIMAL = {"model": {"name": "m"}, "data": {"datasets": [{"file": "a.jsonl"}]}, "training": {"output_dir": "o"}}
@@ -21,16 +20,16 @@ MINIMAL = {"model": {"name": "m"}, "data": {"datasets": [{"file": "a.jsonl"}]}, 
     "name", ["cpu_quick.yaml", "stage1.yaml", "stage2.yaml", "recipe_cpu/stage1.yaml", "recipe_cpu/stage2.yaml"]
 )
 def test_shipped_configs_parse(name: str) -> None:
-    config = TrainConfig.from_yaml(CONFIGS / name)
+    config = RunConfig.from_yaml(CONFIGS / name)
     assert config.data.datasets and config.training.output_dir.startswith("runs/")
 
 
 def test_stage_presets_mirror_the_recipe() -> None:
-    stage1 = TrainConfig.from_yaml(CONFIGS / "stage1.yaml")
+    stage1 = RunConfig.from_yaml(CONFIGS / "stage1.yaml")
     assert stage1.loss.contrastive is ContrastiveObjective.INFONCE and stage1.data.num_negatives == 0
     assert stage1.model.query_max_length == stage1.model.passage_max_length == 128
     assert stage1.loss.temperature == 0.01 and stage1.loss.gather_across_devices
-    stage2 = TrainConfig.from_yaml(CONFIGS / "stage2.yaml")
+    stage2 = RunConfig.from_yaml(CONFIGS / "stage2.yaml")
     assert stage2.loss.contrastive is ContrastiveObjective.GTE and stage2.data.num_negatives >= 1
     assert (stage2.model.query_max_length, stage2.model.passage_max_length) == (64, 512)
     assert {d.records for d in stage2.data.datasets} == {RecordKind.TRIPLET, RecordKind.SCORED}
@@ -38,9 +37,9 @@ def test_stage_presets_mirror_the_recipe() -> None:
 
 
 def test_defaults_and_types() -> None:
-    config = TrainConfig.from_mapping(MINIMAL)
+    config = RunConfig.from_mapping(MINIMAL)
     entry = config.data.datasets[0]
-    assert entry.kind is DatasetKind.S2P and entry.records is RecordKind.TRIPLET and entry.label == "a"
+    assert entry.kind is TaskKind.S2P and entry.records is RecordKind.TRIPLET and entry.label == "a"
     assert config.loss.contrastive is ContrastiveObjective.INFONCE
     assert config.to_dict()["training"]["precision"] == "fp32"
 
@@ -56,7 +55,7 @@ def test_defaults_and_types() -> None:
         ({"model": {"name": "m", "trim_vocab": "yes"}}, r"model.trim_vocab: expected true or false"),
         ({"model": {}}, r"model.name: required key is missing"),
         ({"loss": {"temperature": 0}}, r"loss.temperature: must be > 0"),
-        ({"data": {"datasets": [{"file": "a", "kind": "p2p"}]}}, r"data.datasets\[0\].kind: unknown DatasetKind"),
+        ({"data": {"datasets": [{"file": "a", "kind": "p2p"}]}}, r"data.datasets\[0\].kind: unknown TaskKind"),
         ({"data": {"datasets": [{"file": "x/a.jsonl"}, {"file": "y/a.jsonl"}]}}, r"duplicate names \['a'\]"),
         ({"data": {"datasets": []}}, r"data.datasets: needs at least one dataset"),
         ({"loss": {"matryoshka_dims": [32, "x"]}}, r"loss.matryoshka_dims\[1\]: expected int"),
@@ -71,13 +70,13 @@ def test_defaults_and_types() -> None:
 )
 def test_bad_keys_and_values_fail_with_their_path(patch: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        TrainConfig.from_mapping({**MINIMAL, **patch})
+        RunConfig.from_mapping({**MINIMAL, **patch})
 
 
 def test_set_overrides_apply_yaml_values(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(MINIMAL))
-    config = TrainConfig.from_yaml(
+    config = RunConfig.from_yaml(
         path, ["training.max_steps=7", "loss.contrastive=gte", "data.datasets.0.weight=2.5", "loss.matryoshka_dims=[8]"]
     )
     assert config.training.max_steps == 7 and config.loss.contrastive is ContrastiveObjective.GTE

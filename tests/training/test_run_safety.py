@@ -82,17 +82,17 @@ def test_a_trimmed_base_from_another_base_model_or_other_texts_is_rebuilt(
 
 
 def test_malformed_yaml_is_one_line_with_line_and_column(tmp_path: Path) -> None:
-    from piccolo_embed.training.config import ConfigError, TrainConfig
+    from piccolo_embed.training.config import ConfigError, RunConfig
 
     path = tmp_path / "bad.yaml"
     path.write_text("model:\n  name: x\ntraining: [1, 2\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"bad\.yaml:4:1: invalid YAML") as info:
-        TrainConfig.from_yaml(path)
+        RunConfig.from_yaml(path)
     assert "\n" not in str(info.value)
     good = tmp_path / "good.yaml"
     good.write_text("model:\n  name: x\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"--set a\.b:1:\d+: invalid YAML"):
-        TrainConfig.from_yaml(good, ["a.b=[1"])
+        RunConfig.from_yaml(good, ["a.b=[1"])
 
 
 def test_training_data_that_is_not_utf8_names_file_and_line(pairs_file: Path) -> None:

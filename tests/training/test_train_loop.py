@@ -153,9 +153,9 @@ def test_labelled_classification_data_trains_end_to_end(make_config, tmp_path: P
     base = make_config(max_steps=6).to_dict()
     base["data"]["datasets"].append({"file": str(cls), "records": "labelled", "kind": "s2s", "num_negatives": 2})
     base["loss"]["label_weight"] = 0.5
-    from piccolo_embed.training.config import TrainConfig
+    from piccolo_embed.training.config import RunConfig
 
-    output = train_from_config(TrainConfig.from_mapping(base))
+    output = train_from_config(RunConfig.from_mapping(base))
     lines = [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
     assert "cls" in {line["dataset"] for line in lines}
     assert all(np.isfinite(line["loss"]) for line in lines)
@@ -180,9 +180,9 @@ def test_dev_evaluation_logs_scores_and_keeps_the_best_model(make_config, tiny_b
     task = _sts_task(tmp_path / "tasks" / "DevSTS")
     raw = make_config(max_steps=4, model_overrides={"trim_vocab": True}).to_dict()
     raw["training"]["eval"] = {"tasks": [str(task.parent)], "every": 2, "max_per_task": None}
-    from piccolo_embed.training.config import TrainConfig
+    from piccolo_embed.training.config import RunConfig
 
-    output = train_from_config(TrainConfig.from_mapping(raw))
+    output = train_from_config(RunConfig.from_mapping(raw))
     lines = [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
     dev = [line for line in lines if "dev/average" in line]
     assert [line["step"] for line in dev] == [2, 4]

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from piccolo_embed import __version__
+from piccolo_embed.errors import PiccoloEmbedError
 
 COMMAND_MODULES: tuple[str, ...] = (
     "piccolo_embed.cli.encode",
@@ -44,7 +45,11 @@ def build_parser(modules: Sequence[str] = COMMAND_MODULES) -> argparse.ArgumentP
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` and run the chosen subcommand; user errors print one line and exit 2."""
+    """Parse ``argv`` and run the chosen subcommand; user errors print one line and exit 2.
+
+    User errors are ours (:class:`~piccolo_embed.errors.PiccoloEmbedError`) and the built-in ones bad input and
+    missing files raise inside the libraries we call.
+    """
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -55,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING if args.verbose else logging.ERROR)
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError, TypeError, OSError) as err:
+    except (PiccoloEmbedError, ValueError, TypeError, OSError) as err:
         print(f"piccolo-embed {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from piccolo_embed.inference.embedder import Embedder
+from piccolo_embed.defaults import BATCH_SIZE, MAX_BATCH_TOKENS
 from piccolo_embed.types import Backend, Device, Precision, RolePreset
+
+if TYPE_CHECKING:
+    from piccolo_embed.inference.embedder import Embedder
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, *, default: str | None = None) -> None:
@@ -31,12 +35,16 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, default: str | None 
         help="onnx needs `piccolo-embed export --model SPEC` first (CPU only)",
     )
     parser.add_argument("--int8", action="store_true", help="with --backend onnx: use the int8 graph")
-    parser.add_argument("--batch-size", type=int, default=64, help="most texts per forward pass")
-    parser.add_argument("--max-batch-tokens", type=int, default=16384, help="most padded tokens per forward pass")
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="most texts per forward pass")
+    parser.add_argument(
+        "--max-batch-tokens", type=int, default=MAX_BATCH_TOKENS, help="most padded tokens per forward pass"
+    )
 
 
 def load_embedder(args: argparse.Namespace) -> Embedder:
     """Build the :class:`Embedder` described by :func:`add_model_arguments`' options."""
+    from piccolo_embed.inference.embedder import Embedder
+
     return Embedder.from_pretrained(
         args.model,
         roles=args.roles,

@@ -10,8 +10,6 @@ import json
 import time
 from importlib import resources
 
-import numpy as np
-
 from piccolo_embed.cli.common import add_model_arguments, load_embedder
 from piccolo_embed.types import Role
 
@@ -38,6 +36,8 @@ def load_demo_data() -> tuple[list[dict[str, str]], list[dict[str, str]]]:
 
 def run(args: argparse.Namespace) -> int:
     """Embed the corpus, run the queries, print the top results and how many paraphrases ranked first."""
+    import numpy as np
+
     start = time.perf_counter()
     embedder = load_embedder(args)
     corpus, queries = load_demo_data()

@@ -10,14 +10,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-from tqdm.auto import tqdm
-
 from piccolo_embed.cli.common import add_model_arguments
 from piccolo_embed.cli.scale import add_scale_arguments, open_encoder, ray_parts
 from piccolo_embed.types import Role
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from piccolo_embed.protocols import Encoder
 
 
@@ -119,6 +118,9 @@ def write_matrix(output: Path, total: int, dim: int, blocks: Iterable[tuple[int,
 
     The matrix is a memory map in a temporary file, renamed into place only when complete.
     """
+    import numpy as np
+    from tqdm.auto import tqdm
+
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp.npy")
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(total, dim))

@@ -5,16 +5,13 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from piccolo_embed.cli.common import add_model_arguments, load_embedder
-from piccolo_embed.evaluation.evaluators import EvalOptions
-from piccolo_embed.evaluation.loading import load_tasks
-from piccolo_embed.evaluation.runner import Results, evaluate, format_table
-from piccolo_embed.evaluation.tasks import TaskType
+from piccolo_embed.evaluation.tasks import Benchmark, TaskType
 
-# Kept in step with mteb_bridge.Benchmark, which is imported only when a benchmark runs: every `piccolo-embed`
-# command builds this parser, and importing mteb takes seconds.
-BENCHMARKS = ("cmteb",)
+if TYPE_CHECKING:
+    from piccolo_embed.evaluation.runner import Results
 
 
 def _names(values: list[str] | None) -> list[str] | None:
@@ -36,7 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument(
         "--tasks", nargs="+", metavar="PATH", type=Path, help="task folders, or folders whose subfolders are tasks"
     )
-    source.add_argument("--benchmark", choices=BENCHMARKS, help="run mteb's benchmark (needs the Hugging Face hub)")
+    source.add_argument(
+        "--benchmark", choices=[b.value for b in Benchmark], help="run mteb's benchmark (needs the Hugging Face hub)"
+    )
     parser.add_argument(
         "--only", action="append", metavar="NAMES", help="comma-separated task names to run (repeatable)"
     )
@@ -56,6 +55,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _local(args: argparse.Namespace) -> Results:
+    from piccolo_embed.evaluation.evaluators import EvalOptions
+    from piccolo_embed.evaluation.loading import load_tasks
+    from piccolo_embed.evaluation.runner import evaluate
+
     # Check every task file before paying for the model load.
     tasks = load_tasks(args.tasks, only=_names(args.only), types=_names(args.types))
     if not tasks:
@@ -84,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate, print the table (scores x100), and write the JSON if asked."""
     if args.max_per_task is not None and args.max_per_task < 1:
         raise ValueError(f"--max-per-task must be at least 1, got {args.max_per_task}")
+    from piccolo_embed.evaluation.runner import format_table
+
     start = time.perf_counter()
     results = _benchmark(args) if args.benchmark else _local(args)
     print(format_table(results))

@@ -5,10 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
-from piccolo_embed.inference.export import ExportFormat, Quantization, export_onnx
-from piccolo_embed.types import Role
+from piccolo_embed.types import Quantization, Role
 
 # Mixed lengths and both scripts, so padding and truncation paths are all exercised by the check.
 CHECK_TEXTS = (
@@ -24,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``export`` subcommand."""
     parser = subparsers.add_parser("export", help="export a model to ONNX (fp32, optionally int8) next to it")
     parser.add_argument("--model", required=True, help="local model directory, hub id, or 'starter'")
-    parser.add_argument("--format", choices=[f.value for f in ExportFormat], default=ExportFormat.ONNX.value)
+    parser.add_argument("--format", choices=["onnx"], default="onnx", help="ONNX is the only format")
     parser.add_argument("--quantize", choices=[q.value for q in Quantization], default=Quantization.NONE.value)
     parser.add_argument("--output", type=Path, default=None, help="output directory (default: MODEL_DIR/onnx)")
     parser.add_argument("--no-fuse", action="store_true", help="skip ONNX Runtime's BERT fusions")
@@ -35,9 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Export, then compare each exported graph with the torch path on a few texts; exit 1 if fp32 differs."""
+    from piccolo_embed.inference.export import export_onnx
     from piccolo_embed.modeling.loading import resolve_model_dir
 
-    ExportFormat.parse(args.format)  # only ONNX today; parsed so a new format fails loudly, not silently
     model_dir = resolve_model_dir(args.model)
     export = export_onnx(
         model_dir, quantize=args.quantize, output_dir=args.output, fuse=not args.no_fuse, force=args.force
@@ -52,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _check(spec: str, onnx_dir: Path, *, quantized: bool) -> int:
     """Print the largest difference (fp32) and smallest cosine (int8) against torch; fail if fp32 is off."""
+    import numpy as np
+
     from piccolo_embed.inference.embedder import Embedder
     from piccolo_embed.inference.onnx_runner import load_onnx_embedder
 

@@ -10,18 +10,13 @@ from typing import TYPE_CHECKING
 
 from piccolo_embed.cli.common import add_model_arguments
 from piccolo_embed.cli.scale import add_scale_arguments, open_encoder, ray_parts
-from piccolo_embed.parallel.pool import QuietEmbedder
+from piccolo_embed.index.ann import IndexType
+from piccolo_embed.index.build import DEFAULT_CHUNK_SIZE
+from piccolo_embed.types import TaskKind
 
 if TYPE_CHECKING:
     from piccolo_embed.index import IndexStore
     from piccolo_embed.index.milvus import MilvusStore
-
-# Same as piccolo_embed.index.DEFAULT_CHUNK_SIZE (a test checks it); not imported, so that registering the
-# subcommand does not import faiss, which only the `mining` extra installs.
-CHUNK_SIZE = 4096
-
-
-QuietEncoder = QuietEmbedder  # the name other subcommands import
 
 
 def model_reference(spec: str) -> str:
@@ -30,11 +25,13 @@ def model_reference(spec: str) -> str:
     return str(path.resolve()) if path.is_dir() else spec
 
 
-def add_kind_argument(parser: argparse.ArgumentParser, *, default: str | None = "s2p", note: str = "") -> None:
+def add_kind_argument(
+    parser: argparse.ArgumentParser, *, default: str | None = TaskKind.S2P.value, note: str = ""
+) -> None:
     """``--kind s2p|s2s``: which roles texts are encoded with (shared by index and mine)."""
     parser.add_argument(
         "--kind",
-        choices=["s2p", "s2s"],
+        choices=[k.value for k in TaskKind],
         default=default,
         help="s2p: queries get the query instruction, passages the passage one; s2s: no instruction on either "
         f"side{note}",
@@ -62,12 +59,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--chunk-size",
         type=int,
-        default=CHUNK_SIZE,
+        default=DEFAULT_CHUNK_SIZE,
         help="passages encoded and written per step; peak memory grows with it, not with the corpus",
     )
     parser.add_argument(
         "--index-type",
-        choices=["flat", "ivf", "hnsw"],
+        choices=[t.value for t in IndexType],
         default=None,
         help="flat: exact inner product (default); ivf/hnsw: approximate faiss index for millions of passages",
     )
@@ -89,7 +86,6 @@ def run(args: argparse.Namespace) -> int:
     """Build or extend the index and print a one-line summary."""
     from piccolo_embed.index import BuildMode, build_index
     from piccolo_embed.index.milvus import build_milvus
-    from piccolo_embed.mining import TaskKind
 
     if args.verify:
         return verify(args)

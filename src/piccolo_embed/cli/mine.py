@@ -7,8 +7,10 @@ import json
 from pathlib import Path
 
 from piccolo_embed.cli.common import add_model_arguments
-from piccolo_embed.cli.index import CHUNK_SIZE, add_kind_argument, model_reference
+from piccolo_embed.cli.index import add_kind_argument, model_reference
 from piccolo_embed.cli.scale import add_scale_arguments, open_encoder
+from piccolo_embed.index.build import DEFAULT_CHUNK_SIZE
+from piccolo_embed.types import TaskKind
 
 
 def parse_range(value: str) -> tuple[int, int]:
@@ -72,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--keep-empty", action="store_true", help="write records with no negative (dropped and counted by default)"
     )
-    parser.add_argument("--chunk-size", type=int, default=CHUNK_SIZE, help="corpus passages encoded per step")
+    parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="corpus passages encoded per step")
     parser.add_argument("--query-batch", type=int, default=1024, help="queries encoded and searched per step")
     parser.add_argument("--on-error", choices=["raise", "skip"], default="raise", help="malformed input lines")
     parser.add_argument("--stats", type=Path, default=None, help="also write the statistics as JSON here")
@@ -82,7 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Mine ``args.input`` into ``args.output`` and print the statistics."""
-    from piccolo_embed.mining import MiningConfig, NegativeMode, NegativePolicy, TaskKind, mine_file
+    from piccolo_embed.mining import MiningConfig, NegativeMode, NegativePolicy, mine_file
 
     if not args.input.is_file():
         raise FileNotFoundError(f"input file not found: {args.input}")

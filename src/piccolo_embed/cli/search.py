@@ -7,8 +7,7 @@ import json
 from pathlib import Path
 
 from piccolo_embed.cli.common import add_model_arguments
-from piccolo_embed.cli.index import QuietEncoder, model_reference
-from piccolo_embed.inference.embedder import Embedder
+from piccolo_embed.cli.index import model_reference
 from piccolo_embed.types import Role, RoleSpec, RoleSpecs
 
 SNIPPET_CHARS = 80
@@ -41,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
     """Search and print ranked ``score id text`` lines (or JSON with ``--json``)."""
     from piccolo_embed.index import IndexStore, Searcher
     from piccolo_embed.index.milvus import MilvusSearcher, MilvusStore
+    from piccolo_embed.inference.embedder import Embedder
+    from piccolo_embed.parallel.pool import QuietEmbedder
 
     store = MilvusStore.open(args.store) if args.store else IndexStore.open(args.index)
     recorded = store.state.model if args.store else store.manifest.model
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_batch_tokens=args.max_batch_tokens,
     )
-    encoder = QuietEncoder(embedder, model_reference(args.model or recorded.name))
+    encoder = QuietEmbedder(embedder, model_reference(args.model or recorded.name))
     if args.store:
         params = {key: value for key, value in (("nprobe", args.nprobe), ("ef", args.ef_search)) if value}
         searcher = MilvusSearcher(store, encoder, search_params=params)

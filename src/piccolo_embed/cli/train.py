@@ -46,10 +46,10 @@ def run(args: argparse.Namespace) -> int:
     Training modules are imported here, not at the top: every ``piccolo-embed`` command builds this parser, and
     they need the ``train`` extra (datasets, accelerate).
     """
-    from piccolo_embed.training.config import TrainConfig
+    from piccolo_embed.training.config import RunConfig
     from piccolo_embed.training.run import train_from_config
 
-    config = TrainConfig.from_yaml(args.config, args.overrides)
+    config = RunConfig.from_yaml(args.config, args.overrides)
     output = train_from_config(config, resume=args.resume, overwrite=args.overwrite, allow_changes=args.allow_changes)
     print(f"trained model written to {output}")
     return 0

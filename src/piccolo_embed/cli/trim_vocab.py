@@ -7,7 +7,6 @@ import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from piccolo_embed.modeling.loading import resolve_model_dir
 from piccolo_embed.modeling.roles_io import load_role_specs
 
 
@@ -64,6 +63,7 @@ def _strings(value: object) -> Iterator[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Trim, keeping the tokens of every text both bare and behind every instruction prefix."""
+    from piccolo_embed.modeling.loading import resolve_model_dir
     from piccolo_embed.modeling.trim import trim_vocabulary
 
     model_dir = resolve_model_dir(args.model)

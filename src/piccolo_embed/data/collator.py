@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from piccolo_embed.data.records import RecordKind
-from piccolo_embed.data.sources import DatasetKind, RawBatch
+from piccolo_embed.data.sources import RawBatch
 from piccolo_embed.types import Role, RoleSpecs
 
 _MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids")
@@ -70,7 +70,7 @@ class RoleAwareCollator:
     def __call__(self, batch: RawBatch) -> TrainBatch:
         """Columns and labels for the loss of ``batch``'s record kind."""
         spec = batch.source
-        first, second = (Role.QUERY, Role.PASSAGE) if spec.kind is DatasetKind.S2P else (Role.NONE, Role.NONE)
+        first, second = spec.kind.roles
         if spec.records is RecordKind.SCORED:
             columns = [(batch.rows["sentence1"], first), (batch.rows["sentence2"], second)]
             labels = torch.tensor(batch.rows["score"], dtype=torch.float32)

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from piccolo_embed.errors import RecordError
 from piccolo_embed.types import HelpfulEnum
 
 
@@ -37,14 +38,6 @@ class OnError(HelpfulEnum):
 
     RAISE = "raise"
     SKIP = "skip"
-
-
-class RecordError(ValueError):
-    """A malformed record; the message names the file, the line and the field."""
-
-    def __init__(self, path: str | Path, line: int, field_name: str, reason: str) -> None:
-        self.path, self.line, self.field, self.reason = str(path), line, field_name, reason
-        super().__init__(f"{path}:{line}: field {field_name!r}: {reason}")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ import bisect
 import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -27,13 +26,13 @@ import torch
 from piccolo_embed import distributed
 from piccolo_embed.data.records import OnError, ReadStats, RecordKind, ScoredPair, TripletRecord, read_records
 from piccolo_embed.data.sampler import decode_key
-from piccolo_embed.types import HelpfulEnum
+from piccolo_embed.defaults import cache_root
+from piccolo_embed.types import TaskKind
 
 log = logging.getLogger(__name__)
 
 RESOURCE_PREFIX = "resource:"
 CACHE_FORMAT = 1
-CACHE_ENV = "PICCOLO_EMBED_CACHE"
 
 _FEATURES = {
     RecordKind.TRIPLET: datasets.Features(
@@ -56,13 +55,6 @@ _FEATURES = {
 _FEATURES[RecordKind.LABELLED] = _FEATURES[RecordKind.TRIPLET]  # the label picks the loss, not the columns
 
 
-class DatasetKind(HelpfulEnum):
-    """``s2p`` (query → passage: instructions on both sides) or ``s2s`` (sentence pairs: no instruction)."""
-
-    S2S = "s2s"
-    S2P = "s2p"
-
-
 @dataclass(frozen=True)
 class SourceSpec:
     """Where a dataset is and how it is used.
@@ -79,7 +71,7 @@ class SourceSpec:
 
     name: str
     path: Path
-    kind: DatasetKind = DatasetKind.S2P
+    kind: TaskKind = TaskKind.S2P
     records: RecordKind = RecordKind.TRIPLET
     weight: float = 1.0
     cap: int | None = None
@@ -116,8 +108,7 @@ def resolve_data_file(text: str) -> Path:
 
 def default_cache_dir() -> Path:
     """``$PICCOLO_EMBED_CACHE/arrow``, else ``~/.cache/piccolo-embed/arrow``."""
-    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "piccolo-embed"
-    return Path(root) / "arrow"
+    return cache_root() / "arrow"
 
 
 def cache_key(path: Path, records: RecordKind, on_error: OnError) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from piccolo_embed.errors import TaskFormatError
 from piccolo_embed.evaluation.tasks import (
     ClassificationData,
     LabelledTexts,
@@ -25,7 +26,6 @@ from piccolo_embed.evaluation.tasks import (
     RetrievalData,
     Task,
     TaskData,
-    TaskFormatError,
     TaskSpec,
     TaskType,
 )

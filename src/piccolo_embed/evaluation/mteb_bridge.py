@@ -19,10 +19,11 @@ import numpy as np
 from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ModelMeta, ScoringFunction
 
+from piccolo_embed.errors import HubUnreachableError
 from piccolo_embed.evaluation.cache import CachedEncoder
 from piccolo_embed.evaluation.runner import Results, TaskResult
-from piccolo_embed.evaluation.tasks import TaskType
-from piccolo_embed.types import HelpfulEnum, Role
+from piccolo_embed.evaluation.tasks import Benchmark, TaskType
+from piccolo_embed.types import Role
 
 if TYPE_CHECKING:
     from mteb.abstasks.abstask import AbsTask
@@ -35,26 +36,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class Benchmark(HelpfulEnum):
-    """Named mteb benchmarks we can run."""
-
-    CMTEB = "cmteb"
-
-    @property
-    def mteb_name(self) -> str:
-        """The benchmark's name in mteb."""
-        return _MTEB_NAMES[self]
-
-
-_MTEB_NAMES: dict[Benchmark, str] = {Benchmark.CMTEB: "MTEB(cmn, v1)"}
-
 #: Task types whose two sides are asymmetric; mteb's prompt types pick our roles only there.
 ASYMMETRIC_TYPES: frozenset[str] = frozenset({TaskType.RETRIEVAL.value, TaskType.RERANKING.value})
 _PROMPT_ROLES: dict[str, Role] = {"query": Role.QUERY, "document": Role.PASSAGE}
-
-
-class HubUnreachableError(ConnectionError):
-    """An mteb task's data could not be fetched from the Hugging Face hub."""
 
 
 def role_for(task_type: str, prompt_type: PromptType | str | None) -> Role:
@@ -178,21 +162,3 @@ def benchmark_tasks(benchmark: Benchmark | str, only: Sequence[str] | None = Non
     if missing := [name for name in only if name.lower() not in by_name]:
         raise ValueError(f"unknown {benchmark.value} task(s) {', '.join(missing)}; available: {', '.join(by_name)}")
     return [by_name[name.lower()] for name in dict.fromkeys(only)]
-
-
-def run_benchmark(
-    encoder: Encoder,
-    benchmark: Benchmark | str = Benchmark.CMTEB,
-    *,
-    only: Sequence[str] | None = None,
-    model_name: str = "",
-    batch_size: int = 256,
-) -> Results:
-    """Run a named mteb benchmark (needs the Hugging Face hub for its data)."""
-    benchmark = Benchmark.parse(benchmark)
-    results = evaluate_mteb_tasks(
-        encoder, benchmark_tasks(benchmark, only), model_name=model_name, batch_size=batch_size
-    )
-    return Results(
-        tasks=results.tasks, model=model_name, settings={**results.settings, "benchmark": benchmark.mteb_name}
-    )

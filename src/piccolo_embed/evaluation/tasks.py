@@ -10,11 +10,12 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
-import numpy as np
+from piccolo_embed.types import HelpfulEnum, Role, TaskKind
 
-from piccolo_embed.types import HelpfulEnum, Role
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class TaskType(HelpfulEnum):
@@ -34,20 +35,21 @@ class TaskType(HelpfulEnum):
         return next((member for member in cls if member.value.lower() == wanted), None)
 
 
+class Benchmark(HelpfulEnum):
+    """Named mteb benchmarks we can run (through :mod:`~piccolo_embed.evaluation.mteb_bridge`)."""
+
+    CMTEB = "cmteb"
+
+    @property
+    def mteb_name(self) -> str:
+        """The benchmark's name in mteb."""
+        return _MTEB_NAMES[self]
+
+
+_MTEB_NAMES: dict[Benchmark, str] = {Benchmark.CMTEB: "MTEB(cmn, v1)"}
+
 #: Display order of types in tables and per-type averages (the order of the C-MTEB paper).
 TYPE_ORDER: tuple[TaskType, ...] = tuple(TaskType)
-
-
-class TaskFormatError(ValueError):
-    """A task folder, file or line does not follow the format; the message names file, line and field."""
-
-    def __init__(self, path: Path, problem: str, *, line: int | None = None, field: str | None = None) -> None:
-        where = f"{path}:{line}" if line is not None else str(path)
-        what = f"field {field!r}: " if field is not None else ""
-        super().__init__(f"{where}: {what}{problem}")
-        self.path = path
-        self.line = line
-        self.field = field
 
 
 @dataclass(frozen=True)
@@ -73,9 +75,14 @@ class TaskSpec:
     n: int | None = None
 
     @property
+    def kind(self) -> TaskKind:
+        """:attr:`s2p` as the closed choice the rest of the package uses."""
+        return TaskKind.S2P if self.s2p else TaskKind.S2S
+
+    @property
     def roles(self) -> tuple[Role, Role]:
         """Roles of the first side (sentence1, text, query) and the second side (sentence2, passages)."""
-        return (Role.QUERY, Role.PASSAGE) if self.s2p else (Role.NONE, Role.NONE)
+        return self.kind.roles
 
 
 def _pick(items: Sequence, indices: Sequence[int]) -> tuple:

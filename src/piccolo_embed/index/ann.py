@@ -4,6 +4,9 @@ Exact search keeps no index in memory. The ``flat`` index type reads the stored 
 time and merges per-block top-k with faiss's ``ResultHeap``. A faiss ``IndexFlatIP`` would search the same
 way but needs a full in-RAM copy of a file we already have on disk. IVF and HNSW do hold their vectors
 (and HNSW its graph) in memory; that is the price of sub-linear search.
+
+faiss is imported inside the functions that use it: the CLI reads :class:`IndexType` at start-up, and faiss comes
+only with the ``mining`` extra.
 """
 
 from __future__ import annotations
@@ -12,14 +15,15 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import faiss
 import numpy as np
 
 from piccolo_embed.atomic import publish_file
 from piccolo_embed.types import HelpfulEnum
 
-METRIC = faiss.METRIC_INNER_PRODUCT  # embeddings are L2-normalised, so inner product is cosine
+if TYPE_CHECKING:
+    import faiss
 
 
 class IndexType(HelpfulEnum):
@@ -58,6 +62,13 @@ class AnnParams:
         return cls(**payload)
 
 
+def _metric() -> int:
+    """Inner product: embeddings are L2-normalised, so it is cosine."""
+    import faiss
+
+    return faiss.METRIC_INNER_PRODUCT
+
+
 def exact_search(
     queries: np.ndarray, blocks: Iterable[tuple[int, np.ndarray]], k: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -72,12 +83,14 @@ def exact_search(
         ``(scores, rows)``, each ``(nq, k)``, best first; rows are ``-1`` (score ``-inf``) where the corpus
         has fewer than ``k`` rows.
     """
+    import faiss
+
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     heap = faiss.ResultHeap(len(queries), k, keep_max=True)
     for first_row, block in blocks:
         if len(block) == 0:
             continue
-        scores, local = faiss.knn(queries, np.ascontiguousarray(block), min(k, len(block)), metric=METRIC)
+        scores, local = faiss.knn(queries, np.ascontiguousarray(block), min(k, len(block)), metric=_metric())
         heap.add_result(scores, np.where(local >= 0, local + first_row, -1))
     heap.finalize()
     scores = np.where(heap.I >= 0, heap.D, -np.inf).astype(np.float32)
@@ -91,13 +104,15 @@ def choose_nlist(count: int) -> int:
 
 def new_ann_index(index_type: IndexType, dim: int, params: AnnParams, train: np.ndarray | None) -> faiss.Index:
     """An empty approximate index; IVF is trained on ``train`` (a sample of the vectors to be added)."""
+    import faiss
+
     if index_type is IndexType.HNSW:
-        index = faiss.IndexHNSWFlat(dim, params.hnsw_m, METRIC)
+        index = faiss.IndexHNSWFlat(dim, params.hnsw_m, _metric())
         index.hnsw.efConstruction = params.ef_construction
         return index
     if index_type is IndexType.IVF and train is not None:
         quantizer = faiss.IndexFlatIP(dim)
-        index = faiss.IndexIVFFlat(quantizer, dim, params.nlist or choose_nlist(len(train)), METRIC)
+        index = faiss.IndexIVFFlat(quantizer, dim, params.nlist or choose_nlist(len(train)), _metric())
         index.train(np.ascontiguousarray(train, dtype=np.float32))  # faiss's wrapper keeps `quantizer` alive
         return index
     raise ValueError(f"cannot build a faiss index of type {index_type.value} (flat is searched exactly)")
@@ -105,6 +120,8 @@ def new_ann_index(index_type: IndexType, dim: int, params: AnnParams, train: np.
 
 def configure_search(index: faiss.Index, params: AnnParams) -> None:
     """Apply the query-time knobs of ``params`` to a loaded index."""
+    import faiss
+
     if isinstance(index, faiss.IndexIVF):
         index.nprobe = params.nprobe
     elif isinstance(index, faiss.IndexHNSW):
@@ -119,6 +136,8 @@ def ann_search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndar
 
 def write_ann(index: faiss.Index, path: Path) -> None:
     """Write ``index`` under a temporary name, sync it and rename it into place: a crash never leaves half a file."""
+    import faiss
+
     tmp = path.with_name(f".{path.name}.tmp")
     faiss.write_index(index, str(tmp))
     publish_file(tmp, path)
@@ -126,4 +145,6 @@ def write_ann(index: faiss.Index, path: Path) -> None:
 
 def read_ann(path: Path) -> faiss.Index:
     """Load a faiss index written by :func:`write_ann`."""
+    import faiss
+
     return faiss.read_index(str(path))

@@ -28,6 +28,7 @@ from typing import BinaryIO, Protocol
 import numpy as np
 
 from piccolo_embed.atomic import replace_dir, write_bytes_atomic, write_json_atomic
+from piccolo_embed.errors import IndexLockedError
 from piccolo_embed.index import checksum
 from piccolo_embed.index.ann import IndexType, new_ann_index, write_ann
 from piccolo_embed.index.corpus import Passage, read_corpus
@@ -62,10 +63,6 @@ class BuildMode(HelpfulEnum):
     CREATE = "create"  # refuse if there is one (an interrupted first build is resumed)
     APPEND = "append"  # add passages to it, encoding only the new ones
     OVERWRITE = "overwrite"  # discard it and build from scratch
-
-
-class IndexLockedError(OSError):
-    """Another process is building or appending to the same index."""
 
 
 class ChunkSource(Protocol):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from piccolo_embed.errors import ModelMismatchError
 from piccolo_embed.protocols import Encoder
 from piccolo_embed.types import Role
 
@@ -29,10 +30,6 @@ PROBE_TEXTS = (
 PROBE_ROLES = (Role.QUERY, Role.PASSAGE, Role.NONE)
 # fp16/bf16 against fp32 stays above 0.999 on our models; two different models fall far below.
 MIN_PROBE_COSINE = 0.995
-
-
-class ModelMismatchError(ValueError):
-    """The encoder is not the one the index was built with."""
 
 
 @dataclass(frozen=True)

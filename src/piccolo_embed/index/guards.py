@@ -11,18 +11,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from piccolo_embed.errors import DuplicateIdError, EmptyCorpusError
 from piccolo_embed.index.corpus import Passage, read_corpus
 from piccolo_embed.index.store import ANN_NAME, CHECKPOINT, DATA_FILES, LOCK, MANIFEST, PROBES
 
 SKIP_HINT = "pass --skip-duplicates (skip_duplicates=True) to index only the first passage with each id"
-
-
-class DuplicateIdError(ValueError):
-    """A passage id is already in the index or earlier in the corpus."""
-
-
-class EmptyCorpusError(ValueError):
-    """The corpus holds no passages."""
 
 
 @dataclass

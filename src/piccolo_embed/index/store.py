@@ -24,16 +24,19 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import faiss
 import numpy as np
 
+from piccolo_embed.errors import CorruptIndexError, IncompleteIndexError, IndexNotFoundError
 from piccolo_embed.index import checksum
 from piccolo_embed.index.ann import AnnParams, IndexType, read_ann
 from piccolo_embed.index.fingerprint import ModelFingerprint
 from piccolo_embed.types import Role
 
 log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    import faiss
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -46,18 +49,6 @@ LOCK = ".lock"
 DATA_FILES = (EMBEDDINGS, TEXTS, OFFSETS)
 ANN_NAME = re.compile(r"ann-[0-9]+\.faiss")  # the only names a manifest may give its faiss file
 SEARCH_BLOCK_BYTES = 32 << 20  # exact search reads about this much of embeddings.f32 at a time
-
-
-class IndexNotFoundError(FileNotFoundError):
-    """No committed index in the directory."""
-
-
-class IncompleteIndexError(IndexNotFoundError):
-    """A build was interrupted before its first commit; rerunning it resumes."""
-
-
-class CorruptIndexError(ValueError):
-    """The manifest is unreadable, or the files do not hold what it records."""
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from piccolo_embed.defaults import BATCH_SIZE, MAX_BATCH_TOKENS
 from piccolo_embed.inference.batching import plan_batches
 from piccolo_embed.inference.runners import BatchRunner, TorchRunner, autocast_dtype, pad_batch
 from piccolo_embed.inference.unpadded import UnpaddedRunner, unpadded_unsupported
@@ -41,8 +42,8 @@ class Embedder:
         roles: RoleSpecs,
         *,
         precision: Precision | str = Precision.AUTO,
-        batch_size: int = 64,
-        max_batch_tokens: int = 16384,
+        batch_size: int = BATCH_SIZE,
+        max_batch_tokens: int = MAX_BATCH_TOKENS,
         name: str = "",
         runner: BatchRunner | None = None,
     ) -> None:
@@ -63,8 +64,8 @@ class Embedder:
         roles: RoleSpecs | RolePreset | str | None = None,
         device: Device | str = Device.AUTO,
         precision: Precision | str = Precision.AUTO,
-        batch_size: int = 64,
-        max_batch_tokens: int = 16384,
+        batch_size: int = BATCH_SIZE,
+        max_batch_tokens: int = MAX_BATCH_TOKENS,
         backend: Backend | str = Backend.TORCH,
         int8: bool = False,
     ) -> Self:
@@ -146,6 +147,28 @@ class Embedder:
             return_token_type_ids=False,
         )
         return encoded["input_ids"]
+
+    def count_tokens(self, texts: Sequence[str], role: Role | str | None = None, *, truncate: bool = True) -> list[int]:
+        """Tokens per text as the model sees them: role prefix and special tokens included.
+
+        With ``truncate=False`` the count is what the text would need, past the role's max length (what a server
+        reports before refusing an over-long input); no warning is logged for such texts.
+        """
+        if truncate:
+            return [len(ids) for ids in self.tokenize(texts, role)]
+        prefix = self.roles[Role.coerce(role)].prefix
+        texts = validate_texts(texts)
+        if not texts:
+            return []
+        encoded = self.tokenizer(
+            [prefix + text for text in texts],
+            add_special_tokens=True,
+            truncation=False,
+            verbose=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
+        return [len(ids) for ids in encoded["input_ids"]]
 
     def encode(
         self,

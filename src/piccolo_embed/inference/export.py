@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from piccolo_embed import __version__
-from piccolo_embed.types import HelpfulEnum
+from piccolo_embed.types import Quantization
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -62,19 +62,6 @@ INT8_SETTINGS: dict[str, Any] = {
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 # ONNX Runtime session-level fusions to keep off when running our graphs (see the module docstring).
 DISABLED_SESSION_FUSIONS = ("SkipLayerNormFusion",)
-
-
-class ExportFormat(HelpfulEnum):
-    """Which runtime an export targets."""
-
-    ONNX = "onnx"
-
-
-class Quantization(HelpfulEnum):
-    """Weight quantisation applied after the fp32 export."""
-
-    NONE = "none"
-    INT8 = "int8"
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from piccolo_embed.defaults import BATCH_SIZE, MAX_BATCH_TOKENS
 from piccolo_embed.inference.embedder import Embedder
 from piccolo_embed.inference.export import DISABLED_SESSION_FUSIONS, default_onnx_dir, read_export
 from piccolo_embed.modeling.loading import load_sentence_transformer, resolve_model_dir, resolve_roles
@@ -68,8 +69,8 @@ def load_onnx_embedder(
     *,
     quantized: bool = False,
     roles: RoleSpecs | RolePreset | str | None = None,
-    batch_size: int = 64,
-    max_batch_tokens: int = 16384,
+    batch_size: int = BATCH_SIZE,
+    max_batch_tokens: int = MAX_BATCH_TOKENS,
     onnx_dir: Path | None = None,
     threads: int | None = None,
 ) -> Embedder:

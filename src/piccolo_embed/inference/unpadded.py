@@ -9,6 +9,9 @@ only skips padding with FlashAttention-2 on CUDA (sentence-transformers' ``cu_se
 this module re-runs the encoder's own modules on a flat ``(tokens, hidden)`` tensor and pads only around
 scaled-dot-product attention, whose cost grows with the longest text but is small next to the linears.
 
+Shape names in the comments: ``B`` texts in the batch, ``W`` the padded width, ``T`` the tokens the linear
+layers see (the real tokens when packed, ``B * W`` when padded), ``H`` hidden size, ``h`` heads, ``d = H / h``.
+
 The weights are the model's own parameters, read on every call (no copies), so a model that is trained
 further stays in sync. Anything this forward does not reproduce exactly (other architectures, relative
 positions, pooling other than mean or CLS) is refused by :func:`unpadded_unsupported`, and the
@@ -71,11 +74,9 @@ def _config_unsupported(config: object) -> str | None:
 def attention_width(width: int) -> int:
     """The width a packed batch's attention runs at: ``width``, or rounded up to a multiple of 16 if faster.
 
-    Why: on CPU, ``scaled_dot_product_attention`` over short texts is much slower at widths that are not
-    multiples of 16 (the AVX-512 float vector). For 32 texts and the starter's 12 heads of 32 dims it took
-    209 us at width 16 but 818 us at width 15, and 697 us at 32 but 782 us at 24 (``docs/performance.md``).
-    The added columns are masked, so the vectors do not change. Widths just past a multiple of 16 stay as
-    they are: 17 costs 334 us, where 32 would cost 697.
+    Why: on CPU, ``scaled_dot_product_attention`` over short texts is several times slower at widths that are
+    not multiples of 16 (the AVX-512 float vector), except just past one, where rounding up costs more than it
+    saves (timings in ``docs/performance.md``). The added columns are masked, so the vectors do not change.
     """
     rounded = -(-width // ATTENTION_BLOCK) * ATTENTION_BLOCK
     return rounded if width <= ATTENTION_BLOCK or rounded - width <= ATTENTION_BLOCK // 2 else width
@@ -150,51 +151,52 @@ class UnpaddedRunner:
     def _embed(self, ids: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
         """Word + absolute position + token-type-0 embeddings, layer-normalised (real tokens only if packed)."""
         embeddings = self.encoder.embeddings
-        rows, width = ids.shape
-        positions = torch.arange(self.first_position, self.first_position + width).repeat(rows)
-        ids = ids.reshape(-1)
+        rows, width = ids.shape  # (B, W)
+        positions = torch.arange(self.first_position, self.first_position + width).repeat(rows)  # (B*W,)
+        ids = ids.reshape(-1)  # (B*W,)
         if tokens is not None:
-            ids, positions = ids[tokens], positions[tokens]
-        hidden = embeddings.word_embeddings(ids) + embeddings.position_embeddings(positions)
-        hidden = hidden + embeddings.token_type_embeddings.weight[0]
-        return embeddings.LayerNorm(hidden)
+            ids, positions = ids[tokens], positions[tokens]  # (T,) each
+        hidden = embeddings.word_embeddings(ids) + embeddings.position_embeddings(positions)  # (T, H)
+        hidden = hidden + embeddings.token_type_embeddings.weight[0]  # (T, H) + (H,)
+        return embeddings.LayerNorm(hidden)  # (T, H)
 
     def _layer(
         self, layer: torch.nn.Module, hidden: torch.Tensor, layout: _Layout, scratch: torch.Tensor | None
     ) -> torch.Tensor:
         """One post-LayerNorm transformer layer on flat ``(tokens, hidden)`` states."""
         attention = layer.attention
-        projections = [
+        projections = [  # 3 x (T, H): Q, K, V
             functional.linear(hidden, p.weight, p.bias)
             for p in (attention.self.query, attention.self.key, attention.self.value)
         ]
-        context = self._attend(torch.cat(projections, dim=1), layout, scratch)
-        hidden = attention.output.LayerNorm(attention.output.dense(context) + hidden)
-        inner = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(hidden))
-        return layer.output.LayerNorm(layer.output.dense(inner) + hidden)
+        context = self._attend(torch.cat(projections, dim=1), layout, scratch)  # (T, 3H) -> (T, H)
+        hidden = attention.output.LayerNorm(attention.output.dense(context) + hidden)  # (T, H)
+        inner = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(hidden))  # (T, intermediate)
+        return layer.output.LayerNorm(layer.output.dense(inner) + hidden)  # (T, H)
 
     def _attend(self, qkv: torch.Tensor, layout: _Layout, scratch: torch.Tensor | None) -> torch.Tensor:
         """Masked SDPA in the padded layout; packed Q/K/V are scattered into it and the real rows gathered back.
 
         A packed pass scatters every layer into the same zeroed ``scratch``: the pad rows are the same in all
         layers and never written, so they stay zero (masked keys, but a NaN of uninitialised memory would
-        still leak through the softmax). Zeroing once per pass instead of once per layer saved about 1% of a
-        pass of 32 short texts (same vectors, bit for bit; ``docs/performance.md``).
+        still leak through the softmax). Zeroing once per pass rather than per layer is a small saving with the
+        same vectors (``docs/performance.md``).
         """
-        size = qkv.shape[1] // 3
-        if scratch is not None:  # packed
-            qkv = scratch.index_copy_(0, layout.tokens, qkv)
-        q, k, v = qkv.view(layout.rows, layout.width, 3, self.heads, size // self.heads).permute(2, 0, 3, 1, 4)
-        context = functional.scaled_dot_product_attention(q, k, v, attn_mask=layout.attn_mask)
-        context = context.transpose(1, 2).reshape(layout.rows * layout.width, size)
-        return context if layout.tokens is None else context.index_select(0, layout.tokens)
+        size = qkv.shape[1] // 3  # H; qkv is (T, 3H)
+        if scratch is not None:  # packed: real rows into the zeroed padded layout
+            qkv = scratch.index_copy_(0, layout.tokens, qkv)  # (B*W, 3H)
+        qkv = qkv.view(layout.rows, layout.width, 3, self.heads, size // self.heads)  # (B, W, 3, h, d)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # 3 x (B, h, W, d)
+        context = functional.scaled_dot_product_attention(q, k, v, attn_mask=layout.attn_mask)  # (B, h, W, d)
+        context = context.transpose(1, 2).reshape(layout.rows * layout.width, size)  # (B*W, H)
+        return context if layout.tokens is None else context.index_select(0, layout.tokens)  # (T, H)
 
     def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean over each text's tokens, or its first token (CLS), from the flat hidden states."""
-        lengths = mask.sum(dim=1)
-        starts = torch.cumsum(lengths, dim=0) - lengths
+        lengths = mask.sum(dim=1)  # (B,) real tokens per text; hidden is (sum(lengths), H)
+        starts = torch.cumsum(lengths, dim=0) - lengths  # (B,) row of each text's first token
         if self.pooling == "cls":
-            return hidden.index_select(0, starts)
-        segment = torch.repeat_interleave(torch.arange(mask.shape[0]), lengths)
-        sums = hidden.new_zeros(mask.shape[0], hidden.shape[1]).index_add_(0, segment, hidden)
-        return sums / lengths.clamp(min=1).unsqueeze(1).to(hidden.dtype)
+            return hidden.index_select(0, starts)  # (B, H)
+        segment = torch.repeat_interleave(torch.arange(mask.shape[0]), lengths)  # (sum(lengths),) text of each row
+        sums = hidden.new_zeros(mask.shape[0], hidden.shape[1]).index_add_(0, segment, hidden)  # (B, H)
+        return sums / lengths.clamp(min=1).unsqueeze(1).to(hidden.dtype)  # (B, H)

@@ -12,14 +12,11 @@ from typing import Any
 import httpx
 import numpy as np
 
+from piccolo_embed.errors import RemoteError
 from piccolo_embed.inference.validation import validate_texts
 from piccolo_embed.types import Role
 
 DEFAULT_BATCH_SIZE = 64  # well under the server's default of 256 texts per request
-
-
-class RemoteError(RuntimeError):
-    """The server refused a request or could not be reached; the message says which, and why."""
 
 
 class RemoteEncoder:

@@ -10,7 +10,7 @@ Why sentence-transformers' ``MultipleNegativesRankingLoss`` is right for GTE: wi
 ``-log(exp(s(q_i,d_i)/τ) / Z_i)`` with ``Z_i`` summing ``q_i``·every document (positives and hard negatives),
 ``q_i``·every other query, every query·``d_i``, and ``d_i``·every document not belonging to query ``i``: GTE's
 formula (Li et al. 2023, eq. 3), reading "``j ≠ i``" in the same-type terms as "not query ``i``'s own
-documents" once hard negatives are present. ``tests/losses/test_contrastive.py`` checks this, with hard
+documents" once hard negatives are present. ``tests/losses/test_contrastive_losses.py`` checks this, with hard
 negatives and both with and without GradCache, against an explicit loop over that formula.
 """
 
@@ -144,6 +144,12 @@ class HybridLoss(nn.Module):
 
 
 def _replace_model(module: nn.Module, model: nn.Module) -> None:
+    """Set ``model`` on every loss under ``module``, as sentence-transformers' trainer does for its one loss.
+
+    This follows sentence-transformers internals (6.x): losses keep their model as ``.model`` and call its
+    ``preprocess`` and ``get_embedding_dimension``. ``tests/losses/test_hybrid_losses.py`` pins both, so an
+    upgrade that changes them fails there, not in a distributed run.
+    """
     for name, child in module.named_children():
         if name == "model" and isinstance(child, BaseModel):
             for attr in ("preprocess", "get_embedding_dimension"):

@@ -21,31 +21,9 @@ from piccolo_embed.index.build import DEFAULT_CHUNK_SIZE
 from piccolo_embed.mining.policy import Candidate, NegativePolicy, Selection
 from piccolo_embed.mining.stats import MiningStats
 from piccolo_embed.protocols import Encoder
-from piccolo_embed.types import HelpfulEnum, Role
+from piccolo_embed.types import HelpfulEnum, TaskKind
 
 log = logging.getLogger(__name__)
-
-
-class TaskKind(HelpfulEnum):
-    """Whether queries and passages are different kinds of text.
-
-    ``s2p`` (short query, long passage: retrieval) encodes queries with the query role and passages with
-    the passage role. ``s2s`` (paraphrase, NLI, STS-like pairs) encodes both sides with ``none``, because
-    either side could be the query and neither gets a retrieval instruction.
-    """
-
-    S2P = "s2p"
-    S2S = "s2s"
-
-    @property
-    def query_role(self) -> Role:
-        """Role of the ``query`` side."""
-        return Role.QUERY if self is TaskKind.S2P else Role.NONE
-
-    @property
-    def passage_role(self) -> Role:
-        """Role of the corpus side."""
-        return Role.PASSAGE if self is TaskKind.S2P else Role.NONE
 
 
 class NegativeMode(HelpfulEnum):

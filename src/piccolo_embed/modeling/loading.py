@@ -17,6 +17,7 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules.normalize import Normalize
 from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
+from piccolo_embed.errors import ModelLoadError
 from piccolo_embed.modeling.roles_io import load_role_specs
 from piccolo_embed.types import Role, RolePreset, RoleSpec, RoleSpecs
 
@@ -28,10 +29,6 @@ ALLOW_MISMATCH_ENV = "PICCOLO_EMBED_ALLOW_WEIGHT_MISMATCH"
 _UNUSED_MISSING = ("pooler.",)
 # Pretraining heads a base checkpoint may carry beside the encoder (MLM/LM/NSP): not part of an embedder.
 _HEADS = ("cls.", "lm_head.", "pooler.")
-
-
-class ModelLoadError(OSError):
-    """A model could not be found or loaded; the message says what to do instead."""
 
 
 def resolve_model_dir(spec: str | Path) -> Path:

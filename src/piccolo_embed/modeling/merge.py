@@ -28,6 +28,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from piccolo_embed.errors import MergeError
+
 log = logging.getLogger(__name__)
 
 MERGE_FILE = "piccolo_merge.json"
@@ -49,10 +51,6 @@ ARCH_KEYS = (
 _STALE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx")
 _STALE_NAMES = ("onnx", ".piccolo-starter-complete.json")
 _BLOCK_ELEMENTS = 1 << 22
-
-
-class MergeError(ValueError):
-    """Models cannot be merged, or the arguments are wrong; the message names the model and the first mismatch."""
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Self
 import numpy as np
 import torch.multiprocessing as mp
 
+from piccolo_embed.errors import WorkerError
 from piccolo_embed.inference.validation import validate_texts
 from piccolo_embed.types import Role, RoleSpec
 
@@ -39,10 +40,6 @@ POLL_SECONDS = 1.0  # how often a waiting pool checks that its workers are still
 
 # Builds a worker's encoder for a device string ("cpu", "cuda:1"); must be picklable (spawned processes).
 EncoderLoader = Callable[[str], "Encoder"]
-
-
-class WorkerError(RuntimeError):
-    """A worker process failed to load its model, failed to encode, or died."""
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from safetensors.torch import load_model, save_model
 
 from piccolo_embed import distributed
 from piccolo_embed.atomic import fsync_tree, write_json_atomic
+from piccolo_embed.errors import CheckpointError
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -39,10 +40,6 @@ RECORD = "checkpoint.json"
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "training_state.pt"
 FORMAT_VERSION = 2
-
-
-class CheckpointError(ValueError):
-    """A checkpoint directory is incomplete, corrupt, or in a format this version does not read."""
 
 
 def checkpoints(output_dir: Path) -> list[Path]:

@@ -18,14 +18,10 @@ from typing import Any, Self
 import yaml
 
 from piccolo_embed.data.records import RecordKind
-from piccolo_embed.data.sources import DatasetKind
+from piccolo_embed.errors import ConfigError
 from piccolo_embed.losses import ContrastiveObjective
 from piccolo_embed.textfiles import read_utf8
-from piccolo_embed.types import HelpfulEnum, Precision
-
-
-class ConfigError(ValueError):
-    """A configuration key or value is invalid; the message names its dotted path."""
+from piccolo_embed.types import HelpfulEnum, Precision, TaskKind
 
 
 class Scheduler(HelpfulEnum):
@@ -80,7 +76,7 @@ class DatasetEntry:
 
     file: str
     name: str = ""
-    kind: DatasetKind = DatasetKind.S2P
+    kind: TaskKind = TaskKind.S2P
     records: RecordKind = RecordKind.TRIPLET
     weight: float = 1.0
     cap: int | None = None
@@ -200,8 +196,11 @@ class TrainingConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """The whole run."""
+class RunConfig:
+    """Everything one training run reads (one YAML file): model, data, training and loss sections.
+
+    Named apart from :class:`TrainingConfig`, which is only its ``training:`` section.
+    """
 
     model: ModelConfig
     data: DataConfig
@@ -322,7 +321,7 @@ def _convert(hint: Any, value: Any, where: str) -> Any:  # noqa: PLR0911 - one b
     raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
 
 
-def _check_ranges(config: TrainConfig) -> None:
+def _check_ranges(config: RunConfig) -> None:
     checks = [
         (not config.data.datasets, "data.datasets", "needs at least one dataset"),
         (config.data.alpha < 0, "data.alpha", "must be >= 0"),

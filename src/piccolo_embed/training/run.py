@@ -1,4 +1,4 @@
-"""Wire a :class:`TrainConfig` into model, data, sampler, collator, loss and loop: the only reader of the config."""
+"""Wire a :class:`RunConfig` into model, data, sampler, collator, loss and loop: the only reader of the config."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from piccolo_embed.data.collator import RoleAwareCollator
 from piccolo_embed.data.records import OnError, RecordKind
 from piccolo_embed.data.sampler import OneDatasetBatchSampler
 from piccolo_embed.data.sources import (
-    DatasetKind,
     SourceMixture,
     SourceSpec,
     TrainSource,
@@ -32,12 +31,12 @@ from piccolo_embed.training.checkpoint import CHECKPOINTS, checkpoints, intact_c
 from piccolo_embed.training.dev_eval import BEST_FILE, DevEvaluator
 from piccolo_embed.training.loop import LOG_FILE, LoopOptions, fit, make_accelerator
 from piccolo_embed.training.resume import check_resume_config
-from piccolo_embed.types import Role, RoleSpec, RoleSpecs
+from piccolo_embed.types import Role, RoleSpec, RoleSpecs, TaskKind
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-    from piccolo_embed.training.config import DataConfig, ModelConfig, TrainConfig
+    from piccolo_embed.training.config import DataConfig, ModelConfig, RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +54,7 @@ def source_specs(data: DataConfig) -> list[SourceSpec]:
             path=resolve_data_file(entry.file),
             kind=entry.kind,
             records=entry.records,
-            weight=entry.weight * (data.s2p_oversample if entry.kind is DatasetKind.S2P else 1.0),
+            weight=entry.weight * (data.s2p_oversample if entry.kind is TaskKind.S2P else 1.0),
             cap=entry.cap,
             num_negatives=entry.num_negatives,
         )
@@ -73,7 +72,7 @@ def role_specs(model: ModelConfig, limit: int) -> RoleSpecs:
 
 
 def train_from_config(
-    config: TrainConfig, *, resume: bool = False, overwrite: bool = False, allow_changes: Collection[str] = ()
+    config: RunConfig, *, resume: bool = False, overwrite: bool = False, allow_changes: Collection[str] = ()
 ) -> Path:
     """Run the whole recipe and write the model (sentence-transformers layout + role settings) to ``output_dir``.
 
@@ -155,7 +154,7 @@ def train_from_config(
     return output_dir
 
 
-def _check_resume(output_dir: Path, config: TrainConfig, allow_changes: Collection[str]) -> None:
+def _check_resume(output_dir: Path, config: RunConfig, allow_changes: Collection[str]) -> None:
     """Compare ``config`` with the newest intact checkpoint's, before any data or model is loaded."""
     newest = next(intact_checkpoints(output_dir), None)
     if newest is None:
@@ -164,7 +163,7 @@ def _check_resume(output_dir: Path, config: TrainConfig, allow_changes: Collecti
 
 
 def _dev_evaluator(
-    config: TrainConfig, roles: RoleSpecs, output_dir: Path, save: Callable[[SentenceTransformer, Path], None]
+    config: RunConfig, roles: RoleSpecs, output_dir: Path, save: Callable[[SentenceTransformer, Path], None]
 ) -> DevEvaluator | None:
     """The dev evaluator of ``training.eval`` (tasks are loaded and checked now, before any training step)."""
     settings = config.training.eval
@@ -173,7 +172,7 @@ def _dev_evaluator(
     return DevEvaluator(settings.tasks, roles, output_dir, save, max_per_task=settings.max_per_task)
 
 
-def _sampler(config: TrainConfig, sources: list[TrainSource]) -> OneDatasetBatchSampler:
+def _sampler(config: RunConfig, sources: list[TrainSource]) -> OneDatasetBatchSampler:
     return OneDatasetBatchSampler(
         [len(source) for source in sources],
         config.training.batch_size,
@@ -193,7 +192,7 @@ def _freeze_pooler(model: torch.nn.Module) -> None:
         pooler.requires_grad_(False)
 
 
-def _loop_options(config: TrainConfig, output_dir: Path, steps_per_epoch: int) -> LoopOptions:
+def _loop_options(config: RunConfig, output_dir: Path, steps_per_epoch: int) -> LoopOptions:
     training = config.training
     return LoopOptions(
         output_dir=output_dir,
@@ -286,8 +285,8 @@ def _trimmed_base(model_dir: Path, sources: list[TrainSource], model: ModelConfi
 
 
 def _embedded_texts(source: TrainSource, model: ModelConfig) -> list[str]:
-    s2p = source.spec.kind is DatasetKind.S2P
-    first, second = (model.query_prefix, model.passage_prefix) if s2p else ("", "")
+    prefixes = {Role.QUERY: model.query_prefix, Role.PASSAGE: model.passage_prefix, Role.NONE: ""}
+    first, second = (prefixes[role] for role in source.spec.kind.roles)
     table = source.table
     if "score" in table.column_names:  # scored pairs
         return [first + t for t in table["sentence1"]] + [second + t for t in table["sentence2"]]

