@@ -12,6 +12,7 @@ Typical use::
 
 from piccolo_embed.index.ann import AnnParams, IndexType
 from piccolo_embed.index.build import DEFAULT_CHUNK_SIZE, BuildMode, IndexLockedError, build_index
+from piccolo_embed.index.chunked import DocumentChunks, DocumentHit, DocumentSearcher, model_chunkers
 from piccolo_embed.index.corpus import Passage, read_corpus
 from piccolo_embed.index.fingerprint import ModelFingerprint, ModelMismatchError, fingerprint_encoder
 from piccolo_embed.index.search import Hit, Searcher
@@ -28,6 +29,9 @@ __all__ = [
     "AnnParams",
     "BuildMode",
     "CorruptIndexError",
+    "DocumentChunks",
+    "DocumentHit",
+    "DocumentSearcher",
     "Hit",
     "IncompleteIndexError",
     "IndexLockedError",
@@ -41,5 +45,6 @@ __all__ = [
     "Searcher",
     "build_index",
     "fingerprint_encoder",
+    "model_chunkers",
     "read_corpus",
 ]
