@@ -190,3 +190,45 @@ def test_interrupted_chunked_build_resumes_at_the_next_document(tmp_path):
     assert resumed.passages == clean.passages[checkpoint["rows"] :]  # finished documents were not re-encoded
     files = {name: (tmp_path / "idx" / name).read_bytes() for name in DATA}
     assert files == {name: (tmp_path / "clean" / name).read_bytes() for name in DATA}
+
+
+def cli(*argv: object) -> int:
+    from piccolo_embed.cli import build_parser
+
+    args = build_parser(("piccolo_embed.cli.index", "piccolo_embed.cli.search")).parse_args([str(a) for a in argv])
+    return args.func(args)
+
+
+def test_cli_index_chunk_and_search_returns_documents_with_spans(tiny_bert_dir, tmp_path, capsys):
+    corpus = write_corpus(tmp_path / "c.jsonl", 8)
+    index = tmp_path / "idx"
+    assert cli("index", "--model", tiny_bert_dir, "--corpus", corpus, "--output", index, "--chunk",
+               "--chunk-tokens", 12, "--overlap-tokens", 3, "--chunk-size", 10) == 0  # fmt: skip
+    assert "chunks into" in capsys.readouterr().out
+    assert IndexStore.open(index).count > 8
+
+    assert cli("search", "--index", index, "今天天气很好", "-k", 5, "--json") == 0
+    hits = json.loads(capsys.readouterr().out)["hits"]
+    assert len(hits) == 5 and len({h["id"] for h in hits}) == 5  # five documents, not five chunks of one
+    for hit in hits:
+        start, end = hit["span"]
+        assert document(int(hit["id"][1:]))[start:end] == hit["text"] and hit["chunk"] >= 0
+    assert cli("search", "--index", index, "今天天气很好", "-k", 2) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"{hits[0]['id']} [{hits[0]['span'][0]}:{hits[0]['span'][1]}]" in lines[1]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--chunk-tokens", 12), "--chunk-tokens only apply with --chunk"),
+        (("--chunk", "--chunk-tokens", 100000), "chunk_tokens 100000 is more than role passage can read"),
+    ],
+)
+def test_cli_chunk_option_errors(tiny_bert_dir, tmp_path, capsys, extra, message):
+    from piccolo_embed.cli import main
+
+    corpus = write_corpus(tmp_path / "c.jsonl", 2)
+    argv = ["index", "--model", tiny_bert_dir, "--corpus", corpus, "--output", tmp_path / "idx", *extra]
+    assert main([str(a) for a in argv]) == 2
+    assert message in capsys.readouterr().err

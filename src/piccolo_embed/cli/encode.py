@@ -9,7 +9,7 @@ import json
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, TextIO
+from typing import IO, TYPE_CHECKING, BinaryIO, TextIO
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         rows = write_matrix(args.output, dim, blocks)
     elif mode is LongMode.CHUNKS:
         spans = args.spans or default_spans_path(args.output)
-        with open_encoder(args, args.model) as encoder, staged_text(spans) as handle:
+        with open_encoder(args, args.model) as encoder, staged_file(spans) as handle:
             dim = encoder.dim
             rows = write_matrix(args.output, dim, _long_blocks(encoder, args, mode, handle))
     else:
@@ -175,30 +175,21 @@ def write_matrix(output: Path, dim: int, blocks: Iterable[tuple[int, np.ndarray]
 
     The row count is not known until the input ends, and the input is read only once: the header is written
     with 0 rows and rewritten in place at the end (numpy pads ``.npy`` headers so the first dimension can grow
-    without moving the data). All in a temporary file, renamed into place when complete and removed on failure.
+    without moving the data). All in a temporary file (see :func:`staged_file`).
     """
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp.npy")
     written = 0
-    try:
-        with tmp.open("wb") as handle, tqdm(desc="encode", unit="row") as bar:
-            data_start = _write_header(handle, 0, dim)
-            for row, block in blocks:
-                vectors = np.ascontiguousarray(block, dtype="<f4")
-                if row != written or vectors.ndim != 2 or vectors.shape[1] != dim:
-                    raise ValueError(f"{output}: got a block of {vectors.shape} at row {row}, expected row {written}")
-                handle.write(vectors.tobytes())
-                written += len(vectors)
-                bar.update(len(vectors))
-            handle.seek(0)
-            if _write_header(handle, written, dim) != data_start:
-                raise RuntimeError(f"{output}: the .npy header changed size")
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(output)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with staged_file(output, "wb", ".tmp.npy") as handle, tqdm(desc="encode", unit="row") as bar:
+        data_start = _write_header(handle, 0, dim)
+        for row, block in blocks:
+            vectors = np.ascontiguousarray(block, dtype="<f4")
+            if row != written or vectors.ndim != 2 or vectors.shape[1] != dim:
+                raise ValueError(f"{output}: got a block of {vectors.shape} at row {row}, expected row {written}")
+            handle.write(vectors.tobytes())
+            written += len(vectors)
+            bar.update(len(vectors))
+        handle.seek(0)
+        if _write_header(handle, written, dim) != data_start:
+            raise RuntimeError(f"{output}: the .npy header changed size")
     return written
 
 
@@ -209,12 +200,12 @@ def _write_header(handle: BinaryIO, rows: int, dim: int) -> int:
 
 
 @contextlib.contextmanager
-def staged_text(path: Path) -> Iterator[TextIO]:
-    """A text file written under a temporary name, renamed to ``path`` on success and removed on failure."""
+def staged_file(path: Path, mode: str = "w", suffix: str = ".tmp") -> Iterator[IO]:
+    """``path`` opened in ``mode`` under a temporary name; synced and renamed on success, removed on failure."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{suffix}")
     try:
-        with tmp.open("w", encoding="utf-8") as handle:
+        with tmp.open(mode, encoding=None if "b" in mode else "utf-8") as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
