@@ -115,3 +115,18 @@ def test_header_rewrite_keeps_its_size(tmp_path):
     with pytest.raises(ValueError, match="expected row 3"):
         encode_cli.write_matrix(tmp_path / "bad.npy", 4, [blocks[0], (4, blocks[1][1])])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npy"]
+
+
+def test_tokenized_model_loads_the_tokenizer_for_an_encoder_without_one(embedder, _tiny_bert_master):
+    from piccolo_embed.cli.long import tokenized_model
+    from piccolo_embed.parallel.pool import QuietEmbedder
+
+    class Pool:  # like EncoderPool: roles, but the model lives in worker processes
+        roles = embedder.roles
+
+    assert tokenized_model(QuietEmbedder(embedder, "tiny"), "unused") is embedder
+    model = tokenized_model(Pool(), str(_tiny_bert_master))
+    assert model.tokenizer is not embedder.tokenizer and model.roles is embedder.roles
+    assert Chunker.for_model(model, chunk_tokens=40).chunk(LONG) == Chunker.for_model(embedder, chunk_tokens=40).chunk(
+        LONG
+    )
