@@ -69,11 +69,20 @@ def build_documents(
     return documents, sections
 
 
-def long_qrels(data: RetrievalData, sections: Sequence[Section]) -> dict[str, dict[str, int]]:
-    """Each query's judgements moved from its paragraphs to the documents that hold them (best grade kept)."""
+def long_qrels(
+    data: RetrievalData, sections: Sequence[Section], *, every_paragraph: bool = False
+) -> dict[str, dict[str, int]]:
+    """Each query's judgements moved from its paragraphs to the documents that hold them (best grade kept).
+
+    With ``every_paragraph`` (a subset of the documents), queries with a relevant paragraph outside
+    ``sections`` are left out.
+    """
     home = {section.paragraph_id: section.doc_id for section in sections}
     qrels: dict[str, dict[str, int]] = {}
     for qid in data.query_ids:
+        relevant = [paragraph_id for paragraph_id, score in data.qrels[qid].items() if score > 0]
+        if every_paragraph and not all(paragraph_id in home for paragraph_id in relevant):
+            continue
         for paragraph_id, score in data.qrels[qid].items():
             if score > 0:
                 grades = qrels.setdefault(qid, {})
@@ -105,6 +114,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--name", default="CMRC2018LongDoc", help="task name written to task.json")
     parser.add_argument("--min-paragraphs", type=int, default=5)
     parser.add_argument("--max-paragraphs", type=int, default=10)
+    parser.add_argument(
+        "--max-documents",
+        type=int,
+        default=None,
+        help="keep only the first N documents (and the queries whose relevant paragraphs all sit in them)",
+    )
     parser.add_argument("--max-queries", type=int, default=None, help="keep a seeded sample of this many queries")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
@@ -127,7 +142,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     rng = random.Random(args.seed)
     sizes = group_sizes(len(data.corpus_ids), args.min_paragraphs, args.max_paragraphs, rng)
     documents, sections = build_documents(data.corpus_ids, data.corpus_texts, sizes)
-    qrels = long_qrels(data, sections)
+    if args.max_documents is not None:
+        documents = dict(list(documents.items())[: args.max_documents])
+        sections = [section for section in sections if section.doc_id in documents]
+    qrels = long_qrels(data, sections, every_paragraph=args.max_documents is not None)
     kept = sorted(qrels)
     if args.max_queries is not None and args.max_queries < len(kept):
         kept = sorted(rng.sample(kept, args.max_queries))

@@ -108,3 +108,16 @@ def test_group_sizes_add_up_and_stay_in_range(total: int, low: int, extra: int, 
     if total >= low:
         assert all(low <= size <= high for size in sizes[:-1])
         assert low <= sizes[-1] <= high + low - 1  # a short tail joins the last group
+
+
+def test_max_documents_keeps_the_first_documents_and_their_whole_queries(source: Path, tmp_path: Path) -> None:
+    _run(source, tmp_path / "all", "--seed", "3")
+    _run(source, tmp_path / "few", "--seed", "3", "--max-documents", "3")
+    every, few = load_task(tmp_path / "all").data, load_task(tmp_path / "few").data
+    assert few.corpus_ids == every.corpus_ids[:3] and few.corpus_texts == every.corpus_texts[:3]
+    sections = [json.loads(line) for line in (tmp_path / "few" / "sections.jsonl").read_text().splitlines()]
+    assert {s["doc_id"] for s in sections} == set(few.corpus_ids)
+    kept = {q for q in every.query_ids if set(every.qrels[q]) <= set(few.corpus_ids)}
+    assert set(few.query_ids) == kept and 0 < len(kept) < len(every.query_ids)
+    assert "Qmulti" not in kept  # P20 sits in a later document
+    assert all(few.qrels[q] == every.qrels[q] for q in kept)

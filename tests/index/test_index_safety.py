@@ -297,5 +297,5 @@ def test_encode_refuses_nan_output_and_writes_nothing(tmp_path, monkeypatch, cap
     source.write_text("a\nb\nc\n", encoding="utf-8")
     out = tmp_path / "out.npy"
     assert main(["encode", "--model", "unused", "--input", str(source), "--output", str(out)]) == 2
-    assert "NaN or infinite values for text 2" in capsys.readouterr().err
+    assert "NaN or infinite values for row 2" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]

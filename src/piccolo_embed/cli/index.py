@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from piccolo_embed.cli.common import add_model_arguments
+from piccolo_embed.cli.long import add_chunk_arguments, chunk_options, given_chunk_options, tokenized_model
 from piccolo_embed.cli.scale import add_scale_arguments, open_encoder, ray_parts
 from piccolo_embed.index.ann import IndexType
 from piccolo_embed.index.build import DEFAULT_CHUNK_SIZE
@@ -69,6 +70,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="flat: exact inner product (default); ivf/hnsw: approximate faiss index for millions of passages",
     )
     add_kind_argument(parser, default=None, note=" (default: s2p for a new index, the index's own when appending)")
+    parser.add_argument(
+        "--chunk",
+        action="store_true",
+        help="long documents: index each document's chunks (`search` then returns documents, scored by their best "
+        "chunk, with its character span); --chunk-size then counts chunks",
+    )
+    add_chunk_arguments(parser)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--append", action="store_true", help="add the corpus to an existing index")
     mode.add_argument("--overwrite", action="store_true", help="replace an existing index (swapped in when complete)")
@@ -94,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.corpus.is_file():
         raise FileNotFoundError(f"corpus file not found: {args.corpus}")
     mode = BuildMode.APPEND if args.append else BuildMode.OVERWRITE if args.overwrite else BuildMode.CREATE
+    _check_chunk_options(args)
     started = time.monotonic()
     name = model_reference(args.model)
     chunks = None
@@ -102,6 +111,12 @@ def run(args: argparse.Namespace) -> int:
 
         chunks = RayChunks(*ray_parts(args, name))  # the model here only fingerprints the index
     with open_encoder(args, name) as encoder:
+        if args.chunk:
+            from piccolo_embed.index.chunked import DocumentChunks, model_chunkers
+
+            chunks = DocumentChunks(
+                encoder, model_chunkers(tokenized_model(encoder, args.model), **chunk_options(args))
+            )
         build = build_milvus if args.store else partial(build_index, skip_duplicates=args.skip_duplicates)
         store = build(
             encoder,
@@ -114,7 +129,10 @@ def run(args: argparse.Namespace) -> int:
             model_name=encoder.name,
             chunks=chunks,
         )
-    print(f"{summary(store, args.store or args.output)} in {time.monotonic() - started:.1f} s")
+    print(
+        f"{summary(store, args.store or args.output, 'chunks' if args.chunk else 'passages')} in "
+        f"{time.monotonic() - started:.1f} s"
+    )
     return 0
 
 
@@ -130,7 +148,15 @@ def verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def summary(store: IndexStore | MilvusStore, where: object) -> str:
+def _check_chunk_options(args: argparse.Namespace) -> None:
+    """Chunking runs in this process, into a local index; its size options need ``--chunk``."""
+    if not args.chunk and (given := given_chunk_options(args)):
+        raise ValueError(f"{', '.join(given)} only apply with --chunk")
+    if args.chunk and (args.store or args.ray):
+        raise ValueError(f"--chunk builds a local index in this process; drop {'--store' if args.store else '--ray'}")
+
+
+def summary(store: IndexStore | MilvusStore, where: object, unit: str = "passages") -> str:
     """One line on what a build added and what the index now holds."""
     from piccolo_embed.index import IndexStore
 
@@ -144,6 +170,6 @@ def summary(store: IndexStore | MilvusStore, where: object) -> str:
         added = store.last_build_rows
     duplicates = f", skipped {skipped} with duplicate ids" if skipped else ""
     return (
-        f"indexed {added} passages into {where}{duplicates} ({count} in total, {kind.value}, dim {model.dim}, "
+        f"indexed {added} {unit} into {where}{duplicates} ({count} in total, {kind.value}, dim {model.dim}, "
         f"model {model.name}, fingerprint {model.digest})"
     )

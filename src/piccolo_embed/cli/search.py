@@ -39,6 +39,7 @@ def recorded_roles(roles: dict[str, dict[str, object]]) -> RoleSpecs | None:
 def run(args: argparse.Namespace) -> int:
     """Search and print ranked ``score id text`` lines (or JSON with ``--json``)."""
     from piccolo_embed.index import IndexStore, Searcher
+    from piccolo_embed.index.chunked import DocumentSearcher
     from piccolo_embed.index.milvus import MilvusSearcher, MilvusStore
     from piccolo_embed.inference.embedder import Embedder
     from piccolo_embed.parallel.pool import QuietEmbedder
@@ -58,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
         params = {key: value for key, value in (("nprobe", args.nprobe), ("ef", args.ef_search)) if value}
         searcher = MilvusSearcher(store, encoder, search_params=params)
     else:
-        searcher = Searcher(store, encoder, nprobe=args.nprobe, ef_search=args.ef_search)
+        # Documents indexed with --chunk come back once, scored by their best chunk; plain rows are unchanged.
+        searcher = DocumentSearcher(Searcher(store, encoder, nprobe=args.nprobe, ef_search=args.ef_search))
     for query, hits in zip(args.queries, searcher.search(args.queries, k=args.k), strict=True):
         if args.json:
             print(json.dumps({"query": query, "hits": [h.to_json() for h in hits]}, ensure_ascii=False))
@@ -67,5 +69,6 @@ def run(args: argparse.Namespace) -> int:
         for rank, hit in enumerate(hits, start=1):
             text = f"{hit.title} | {hit.text}" if hit.title else hit.text
             text = text if len(text) <= SNIPPET_CHARS else text[: SNIPPET_CHARS - 1] + "…"
-            print(f"{rank:>4}  {hit.score:.4f}  {hit.id}  {text}")
+            span = f" [{hit.start}:{hit.end}]" if getattr(hit, "chunk", None) is not None else ""
+            print(f"{rank:>4}  {hit.score:.4f}  {hit.id}{span}  {text}")
     return 0

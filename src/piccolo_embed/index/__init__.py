@@ -12,6 +12,7 @@ Typical use::
 
 from piccolo_embed.index.ann import AnnParams, IndexType
 from piccolo_embed.index.build import DEFAULT_CHUNK_SIZE, BuildMode, IndexLockedError, build_index
+from piccolo_embed.index.chunked import DocumentChunks, DocumentHit, DocumentSearcher, model_chunkers
 from piccolo_embed.index.corpus import Passage, read_corpus
 from piccolo_embed.index.fingerprint import ModelFingerprint, ModelMismatchError, fingerprint_encoder
 from piccolo_embed.index.guards import DuplicateIdError, EmptyCorpusError
@@ -29,6 +30,9 @@ __all__ = [
     "AnnParams",
     "BuildMode",
     "CorruptIndexError",
+    "DocumentChunks",
+    "DocumentHit",
+    "DocumentSearcher",
     "DuplicateIdError",
     "EmptyCorpusError",
     "Hit",
@@ -44,5 +48,6 @@ __all__ = [
     "Searcher",
     "build_index",
     "fingerprint_encoder",
+    "model_chunkers",
     "read_corpus",
 ]

@@ -362,6 +362,7 @@ def _text_line(passage: Passage, row: int) -> bytes:
     entry = {"id": passage.id if passage.id is not None else str(row), "text": passage.text}
     if passage.title:
         entry["title"] = passage.title
+    entry.update(passage.entry_fields())
     return (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8")
 
 

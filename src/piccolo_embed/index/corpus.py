@@ -40,6 +40,10 @@ class Passage:
         """What the encoder sees: ``title text`` when there is a title, else the text."""
         return f"{self.title} {self.text}" if self.title else self.text
 
+    def entry_fields(self) -> dict[str, object]:
+        """Fields the index stores with this row besides id, text and title (a chunk adds its document and span)."""
+        return {}
+
 
 def parse_passage(obj: object, path: str | Path, line: int) -> Passage:
     """Validate one decoded JSON value as a corpus entry.
