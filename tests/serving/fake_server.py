@@ -4,15 +4,18 @@
 
 The second argument holds :class:`ServerSettings` fields. The fake model answers in microseconds except for
 texts that script it: ``slow`` makes its forward pass sleep 0.5 s (``stall``: 3 s), ``nan`` gives its row NaN
-values.
+values. When ``$PICCOLO_FAKE_STALL_FILE`` names a file, a ``stall`` pass creates it as it begins, so a test
+knows the model is busy rather than guessing from the clock.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -21,6 +24,7 @@ from piccolo_embed.serving.server import serve
 from piccolo_embed.serving.settings import ServerSettings
 from piccolo_embed.types import Role, RoleSpec
 
+STALL_FILE_ENV = "PICCOLO_FAKE_STALL_FILE"
 SLOW_PASS_S = 0.5
 STALL_S = 3.0
 DIM = 8
@@ -45,6 +49,8 @@ class ScriptedModel:
     def encode_ids(self, ids: Sequence[Sequence[int]], **_: object) -> np.ndarray:
         """Unit vectors; a pass with a ``slow`` or ``stall`` text sleeps first, a ``nan`` text gets a NaN row."""
         texts = ["".join(map(chr, row)) for row in ids]
+        if "stall" in texts and os.environ.get(STALL_FILE_ENV):
+            Path(os.environ[STALL_FILE_ENV]).touch()
         if "slow" in texts or "stall" in texts:
             time.sleep(STALL_S if "stall" in texts else SLOW_PASS_S)
         vectors = np.ones((len(ids), DIM), dtype=np.float32) / np.sqrt(DIM)
