@@ -176,7 +176,7 @@ def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
     log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - lives as long as the server process
     code = (FASTAPI_ONLY if args.fastapi_only else "") + SERVER_CODE
     server = subprocess.Popen([sys.executable, "-c", code, *argv], stderr=log, stdout=log)
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 900  # a loaded box once took more than 300 s to import torch and load the model
     while time.monotonic() < deadline:
         if server.poll() is not None:
             log.seek(0)
@@ -188,7 +188,7 @@ def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
         except OSError:
             time.sleep(0.2)
     server.kill()
-    raise RuntimeError("server did not become healthy within 300 s")
+    raise RuntimeError("server did not become healthy within 900 s")
 
 
 class RawClient:
