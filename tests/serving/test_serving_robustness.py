@@ -203,19 +203,27 @@ def _status(sock: socket.socket) -> int | None:
     return int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/1.1") else None
 
 
-def _stall(server: Server, pool: ThreadPoolExecutor) -> Future[httpx.Response]:
-    """Send a request whose pass holds the model for 3 s; return once that pass has begun.
+@contextlib.contextmanager
+def _stalled(server: Server) -> Iterator[Future[httpx.Response]]:
+    """Hold the model with a ``stall`` request for the body of the ``with``; yield that request's future.
 
-    Waiting for the pass, not a fixed time: on a loaded box the stall request can reach the server after a
-    request sent later, which is then answered at once instead of waiting in the queue.
+    The body starts once the stall pass has begun and the pass ends when the body does, not after a fixed time:
+    on a loaded box a request sent 0.3 s after the stall request reached the server first and was answered at
+    once, and a test starved for seconds outlived a 3 s stall.
     """
     server.stall_file.unlink(missing_ok=True)
-    busy = pool.submit(server.embed, ["stall"], 60.0)
-    deadline = time.monotonic() + 60
-    while not server.stall_file.exists():
-        assert time.monotonic() < deadline and not busy.done(), "the stall pass did not begin"
-        time.sleep(0.02)
-    return busy
+    release = server.stall_file.with_suffix(".release")
+    release.unlink(missing_ok=True)
+    with ThreadPoolExecutor(1) as pool:
+        busy = pool.submit(server.embed, ["stall"], 120.0)
+        try:
+            deadline = time.monotonic() + 60
+            while not server.stall_file.exists():
+                assert time.monotonic() < deadline, "the stall pass did not begin within 60 s"
+                time.sleep(0.02)
+            yield busy
+        finally:
+            release.touch()
 
 
 def test_abandoned_requests_are_dropped_before_encoding_and_counted_cancelled(server: Server) -> None:
@@ -229,8 +237,7 @@ def test_abandoned_requests_are_dropped_before_encoding_and_counted_cancelled(se
     request = (
         b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\nContent-Type: application/json\r\n"
     )
-    with ThreadPoolExecutor(1) as pool:
-        busy = _stall(server, pool)
+    with _stalled(server) as busy:
         with _connect(server) as sock:  # queued behind it, then the client leaves
             sock.sendall(request + b"Content-Length: %d\r\n\r\n" % len(body) + body)
             time.sleep(0.1)
@@ -238,7 +245,7 @@ def test_abandoned_requests_are_dropped_before_encoding_and_counted_cancelled(se
         with _connect(server) as sock:  # leaves in the middle of its body
             sock.sendall(request + b"Content-Length: %d\r\n\r\n" % len(body) + body[:10])
         _eventually(lambda: server.metric(cancelled), before[0] + 2)
-        assert busy.result().status_code == 200
+    assert busy.result().status_code == 200
     assert server.metric("piccolo_embed_texts_total") == before[1] + 1  # only "stall" was encoded
     assert server.metric('piccolo_embed_requests_total{route="/v1/embeddings",status="500"}') == before[2]
 
