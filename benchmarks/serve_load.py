@@ -4,6 +4,7 @@
     python benchmarks/serve_load.py --model DIR --clients 32 --duration 20 --texts-per-request 1
     python benchmarks/serve_load.py --engine onnx-int8 --texts-per-request 8   # server and baseline on int8 ONNX
     python benchmarks/serve_load.py --threads 1          # the model on one core, HTTP and clients on the rest
+    python benchmarks/serve_load.py --fastapi-only       # without serving/front.py's short path
 
 The server runs in a child process (as in production); the clients are asyncio tasks in this process.
 Batching efficiency = server texts/s / offline encode texts/s, both on the same texts in the same run.
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import dataclasses
 import json
 import os
 import random
@@ -41,10 +43,16 @@ from pathlib import Path
 
 import numpy as np
 
-LCQMC = Path("/work/shared/eval/cmteb-mini/LCQMC/test.jsonl")
+REPO = Path(__file__).resolve().parents[1]
+LCQMC = REPO.parent / "shared" / "eval" / "cmteb-mini" / "LCQMC" / "test.jsonl"  # ../shared, as encode_throughput.py
 SERVER_CODE = (
     "import sys; from piccolo_embed.cli import build_parser; "
     "a = build_parser(('piccolo_embed.cli.serve',)).parse_args(sys.argv[1:]); sys.exit(a.func(a))"
+)
+# --fastapi-only: every request through FastAPI's router instead of serving/front.py's short path.
+FASTAPI_ONLY = (
+    "import functools; from piccolo_embed.serving import app; "
+    "app.build_app = functools.partial(app.build_app, fast_routes=False); "
 )
 # engine -> (serve CLI flags, Embedder.from_pretrained keywords): the server and the baseline run the same engine
 ENGINES: dict[str, tuple[list[str], dict[str, object]]] = {
@@ -80,7 +88,12 @@ def parse_args() -> argparse.Namespace:
         help="what clients ask for; the openai package sends base64 unless the caller picks a format",
     )
     parser.add_argument("--pool", type=int, default=2048, help="distinct texts drawn from")
-    parser.add_argument("--data", type=Path, default=LCQMC, help="jsonl with sentence1/sentence2 (read-only)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help=f"jsonl with sentence1/sentence2, read in place (default: {LCQMC}; generated text when it is absent)",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-batch-tokens", type=int, default=16384)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
@@ -95,13 +108,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--offline-seconds", type=float, default=2.0, help="per offline measurement")
     parser.add_argument("--offline-repeats", type=int, default=3, help="offline measurements before and after")
     parser.add_argument("--client", choices=["raw", "httpx"], default="raw")
+    parser.add_argument(
+        "--fastapi-only", action="store_true", help="serve every request through FastAPI (no short path)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
 
 
-def load_texts(path: Path, n: int, seed: int) -> tuple[list[str], str]:
-    """Sentences from LCQMC when present (read in place, never copied), else generated Chinese."""
+def load_texts(path: Path | None, n: int, seed: int) -> tuple[list[str], str]:
+    """Sentences from ``path`` (default: LCQMC in ../shared, read in place, never copied), else generated Chinese."""
     rng = random.Random(seed)
+    path = path or LCQMC
     if path.is_file():
         sentences: list[str] = []
         with path.open(encoding="utf-8") as handle:
@@ -112,7 +129,7 @@ def load_texts(path: Path, n: int, seed: int) -> tuple[list[str], str]:
         rng.shuffle(unique)
         return unique[:n], f"{path.parent.name} {path.name}"
     texts = ["".join(rng.choices(CHARS, k=rng.randint(6, 40))) for _ in range(n)]
-    return texts, "generated (6-40 random CJK characters)"
+    return texts, f"generated (6-40 random CJK characters; {path} not found: is ../shared next to the repo?)"
 
 
 def offline_rate(embedder: object, texts: list[str], role: str, args: argparse.Namespace, seconds: float) -> float:
@@ -157,8 +174,9 @@ def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
     argv += ENGINES[args.engine][0]
     # a file, not a pipe: an unread pipe could fill up and stall the server
     log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - lives as long as the server process
-    server = subprocess.Popen([sys.executable, "-c", SERVER_CODE, *argv], stderr=log, stdout=log)
-    deadline = time.monotonic() + 300
+    code = (FASTAPI_ONLY if args.fastapi_only else "") + SERVER_CODE
+    server = subprocess.Popen([sys.executable, "-c", code, *argv], stderr=log, stdout=log)
+    deadline = time.monotonic() + 900  # a loaded box once took more than 300 s to import torch and load the model
     while time.monotonic() < deadline:
         if server.poll() is not None:
             log.seek(0)
@@ -170,7 +188,7 @@ def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
         except OSError:
             time.sleep(0.2)
     server.kill()
-    raise RuntimeError("server did not become healthy within 300 s")
+    raise RuntimeError("server did not become healthy within 900 s")
 
 
 class RawClient:
@@ -287,14 +305,37 @@ async def run_load(port: int, texts: list[str], args: argparse.Namespace) -> tup
     return tally, {name: last[name] - first.get(name, 0.0) for name in last}
 
 
+@dataclass(frozen=True)
+class PhaseResult:
+    """One load phase's figures; server-side ones cover the measured window only."""
+
+    requests_per_s: float
+    texts_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    requests: int
+    offline_texts_per_s: float  # median of the best offline thread count
+    offline_threads: int
+    mean_batch_texts: float
+    mean_batch_requests: float
+    mean_queue_wait_ms: float
+    workers: int
+    worker_busy: float  # share of the window each batching worker ran the model
+    model_texts_per_busy_s: float
+    batching_efficiency: float  # texts_per_s / offline_texts_per_s
+    efficiency_vs_fastest_offline_run: float
+    efficiency_vs_same_threads: float | None = None  # against offline on the server's thread count, when fewer
+
+
 def report(
     args: argparse.Namespace,
     tally: Tally,
     delta: dict[str, float],
     offline: dict[int, list[float]],
     server: tuple[int, int],
-) -> dict[str, float]:
-    """Print one load phase's results (and a JSON line); server-side figures cover the measured window only.
+) -> PhaseResult:
+    """Print one load phase's results (and a JSON line).
 
     ``server`` is (batching workers, torch threads). The headline efficiency compares with the best offline
     thread count. When the server runs fewer threads (``--threads``), the cores it leaves free serve HTTP
@@ -310,73 +351,72 @@ def report(
     batches = delta.get("piccolo_embed_batch_size_count", 0.0) or float("nan")
     busy = delta.get("piccolo_embed_forward_seconds_sum", 0.0) or float("nan")  # summed over the workers
     waits = delta.get("piccolo_embed_queue_wait_seconds_count", 0.0) or float("nan")
-    r = {
-        "requests_per_s": requests / args.duration,
-        "texts_per_s": server_rate,
-        "p50_ms": float(np.percentile(lat, 50)),
-        "p99_ms": float(np.percentile(lat, 99)),
-        "errors": tally.errors,
-        "requests": requests,
-        "offline_texts_per_s": medians[threads],
-        "offline_threads": threads,
-        "mean_batch_texts": delta.get("piccolo_embed_batch_size_sum", 0.0) / batches,
-        "mean_batch_requests": delta.get("piccolo_embed_batch_requests_sum", 0.0) / batches,
-        "mean_queue_wait_ms": 1000 * delta.get("piccolo_embed_queue_wait_seconds_sum", 0.0) / waits,
-        "workers": workers,
-        "worker_busy": busy / args.duration / workers,
-        "model_texts_per_busy_s": delta.get("piccolo_embed_texts_total", 0.0) / busy,
-        "batching_efficiency": server_rate / medians[threads],
-        "efficiency_vs_fastest_offline_run": server_rate / max(offline[threads]),
-    }
-    if server_threads < threads and server_threads in medians:
-        r["efficiency_vs_same_threads"] = server_rate / medians[server_threads]
+    fewer_threads = server_threads < threads and server_threads in medians
+    r = PhaseResult(
+        requests_per_s=requests / args.duration,
+        texts_per_s=server_rate,
+        p50_ms=float(np.percentile(lat, 50)),
+        p99_ms=float(np.percentile(lat, 99)),
+        errors=tally.errors,
+        requests=requests,
+        offline_texts_per_s=medians[threads],
+        offline_threads=threads,
+        mean_batch_texts=delta.get("piccolo_embed_batch_size_sum", 0.0) / batches,
+        mean_batch_requests=delta.get("piccolo_embed_batch_requests_sum", 0.0) / batches,
+        mean_queue_wait_ms=1000 * delta.get("piccolo_embed_queue_wait_seconds_sum", 0.0) / waits,
+        workers=workers,
+        worker_busy=busy / args.duration / workers,
+        model_texts_per_busy_s=delta.get("piccolo_embed_texts_total", 0.0) / busy,
+        batching_efficiency=server_rate / medians[threads],
+        efficiency_vs_fastest_offline_run=server_rate / max(offline[threads]),
+        efficiency_vs_same_threads=server_rate / medians[server_threads] if fewer_threads else None,
+    )
     print_phase(r, offline, medians, tally, server_threads)
-    print("json:", json.dumps({k: round(v, 4) for k, v in r.items()}))
+    rounded = {k: round(v, 4) for k, v in dataclasses.asdict(r).items() if v is not None}
+    print("json:", json.dumps(rounded))
     return r
 
 
 def print_phase(
-    r: dict[str, float],
+    r: PhaseResult,
     offline: dict[int, list[float]],
     medians: dict[int, float],
     tally: Tally,
     server_threads: int,
 ) -> None:
     """The human-readable lines of one phase's results (``report`` adds the JSON line)."""
-    threads, server_rate, workers = int(r["offline_threads"]), r["texts_per_s"], int(r["workers"])
+    threads, server_rate = r.offline_threads, r.texts_per_s
     for count, rates in offline.items():
         runs = ", ".join(f"{rate:.1f}" for rate in rates)
         print(f"offline encode, {count} torch thread(s): median {medians[count]:.1f} texts/s (runs: {runs})")
-    print(f"server: {r['requests_per_s']:.1f} requests/s, {server_rate:.1f} texts/s")
-    errors = f"errors: {tally.errors} of {r['requests']:.0f}"
-    print(f"latency: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms; {errors}")
+    print(f"server: {r.requests_per_s:.1f} requests/s, {server_rate:.1f} texts/s")
+    print(f"latency: p50 {r.p50_ms:.1f} ms, p99 {r.p99_ms:.1f} ms; errors: {tally.errors} of {r.requests}")
     print(
-        f"server batches: mean {r['mean_batch_texts']:.1f} texts from {r['mean_batch_requests']:.1f} requests, "
-        f"mean queue wait {r['mean_queue_wait_ms']:.1f} ms; {workers} worker(s), each busy "
-        f"{100 * r['worker_busy']:.0f}% of the time, at {r['model_texts_per_busy_s']:.1f} texts per busy second"
+        f"server batches: mean {r.mean_batch_texts:.1f} texts from {r.mean_batch_requests:.1f} requests, "
+        f"mean queue wait {r.mean_queue_wait_ms:.1f} ms; {r.workers} worker(s), each busy "
+        f"{100 * r.worker_busy:.0f}% of the time, at {r.model_texts_per_busy_s:.1f} texts per busy second"
     )
     print(
         f"batching efficiency: {server_rate:.1f} / {medians[threads]:.1f} (median offline, {threads} thread(s)) = "
-        f"{r['batching_efficiency']:.3f}; against the fastest offline run: "
-        f"{r['efficiency_vs_fastest_offline_run']:.3f}"
+        f"{r.batching_efficiency:.3f}; against the fastest offline run: {r.efficiency_vs_fastest_offline_run:.3f}"
     )
-    if "efficiency_vs_same_threads" in r:
+    if r.efficiency_vs_same_threads is not None:
         print(
             f"against offline on the server's {server_threads} thread(s) (the other cores serve HTTP and the "
-            f"clients): {server_rate:.1f} / {medians[server_threads]:.1f} = {r['efficiency_vs_same_threads']:.3f}"
+            f"clients): {server_rate:.1f} / {medians[server_threads]:.1f} = {r.efficiency_vs_same_threads:.3f}"
         )
     for sample in tally.error_samples:
         print(f"error sample: {sample}")
 
 
-def summary(results: dict[int, dict[str, float]]) -> None:
+def summary(results: dict[int, PhaseResult]) -> None:
     """One line per load phase, so runs with different request sizes read side by side."""
     columns = ["texts/req", "req/s", "texts/s", "p50 ms", "p99 ms", "batch", "eff"]
     print("\n" + " ".join(f"{c:>{w}s}" for c, w in zip(columns, [9, 7, 8, 7, 7, 6, 6], strict=True)) + " errors")
     for size, r in results.items():
         print(
-            f"{size:9d} {r['requests_per_s']:7.1f} {r['texts_per_s']:8.1f} {r['p50_ms']:7.1f} {r['p99_ms']:7.1f}"
-            f" {r['mean_batch_texts']:6.1f} {r['batching_efficiency']:6.3f} {r['errors']}"
+            f"{size:9d} {r.requests_per_s:7.1f} {r.texts_per_s:8.1f} {r.p50_ms:7.1f} {r.p99_ms:7.1f}"
+            f" {r.mean_batch_texts:6.1f} {r.batching_efficiency:6.3f} {r.errors}"
         )
 
 
@@ -396,7 +436,8 @@ def main() -> int:
         f"clients: {args.clients} x {'/'.join(map(str, args.texts_per_request))} text(s)/request ({args.client}), "
         f"{args.encoding_format} vectors, {args.duration:g} s "
         f"measured after {args.warmup:g} s warm-up; server: engine {args.engine}, batch {args.batch_size}, "
-        f"max wait {args.max_wait_ms} ms, threads {args.threads or 'default'}; "
+        f"max wait {args.max_wait_ms} ms, threads {args.threads or 'default'}"
+        f"{', FastAPI only (no short path)' if args.fastapi_only else ''}; "
         f"torch default threads {torch.get_num_threads()}; cpus {os.cpu_count()}"
     )
     server_threads = args.threads or torch.get_num_threads()  # the server's own default

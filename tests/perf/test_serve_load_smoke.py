@@ -45,7 +45,7 @@ def test_report_adds_same_threads_efficiency_only_for_a_server_on_fewer_threads(
     args = argparse.Namespace(duration=1.0)
     offline = {1: [40.0, 40.0], 2: [60.0, 50.0, 70.0]}  # medians 40 and 60: 2 threads is the headline baseline
     r = bench.report(args, tally, {}, offline, (1, server_threads))
-    assert r["batching_efficiency"] == pytest.approx(30 / 60)
-    assert r.get("efficiency_vs_same_threads") == (None if expected is None else pytest.approx(expected))
+    assert r.batching_efficiency == pytest.approx(30 / 60)
+    assert r.efficiency_vs_same_threads == (None if expected is None else pytest.approx(expected))
     printed = "against offline on the server's 1 thread(s)" in capsys.readouterr().out
     assert printed == (expected is not None)

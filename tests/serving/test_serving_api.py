@@ -126,6 +126,7 @@ BAD_REQUESTS = [
     ("/embed", {"texts": ["x"], "role": "doc"}, 400, "role", "value_error"),
     ("/embed", {"texts": ["x"], "dimensions": 100}, 400, "dimensions", "invalid_dimensions"),
     ("/embed", {"texts": ["长" * 201]}, 413, "texts[0]", "text_too_long"),
+    ("/embed", {"texts": ["x"], "long": "chunks"}, 400, "long", "value_error"),
 ]
 
 
@@ -148,6 +149,7 @@ GOOD_REQUESTS = [
     ("/v1/embeddings", {"input": TEXTS[0], "role": "query", "dimensions": 8}),
     ("/embed", {"texts": TEXTS, "role": "passage", "normalize": False, "dimensions": 4}),
     ("/embed", {"texts": ["短", "天" * 150], "role": "query", "truncate": False}),  # 413 from the handler
+    ("/embed", {"texts": ["短", "天" * 150], "role": "query", "long": "mean"}),
 ]
 
 

@@ -96,10 +96,22 @@ async def _client(batcher: DynamicBatcher, text: str, rounds: int, *, start: flo
 
 def test_concurrent_requests_merge_into_one_batch_per_role() -> None:
     model = FakeModel()
-    batcher = DynamicBatcher(model, max_batch_size=64, max_wait_s=0.05)
+    arriving = [True]  # the clock stands at 0 while the jobs arrive, so all of them come within max_wait however
+    # slow the box; then it runs on (from far past max_wait), as batches wait from the previous pass's end too
+
+    def clock() -> float:
+        return 0.0 if arriving[0] else time.monotonic()
+
+    batcher = DynamicBatcher(model, max_batch_size=64, max_wait_s=0.05, clock=clock)
     jobs = [(["甲" * (i + 1)], Role.QUERY) for i in range(5)] + [(["乙", "丙丙"], Role.PASSAGE)]
+
+    async def arrive_then_wait_out_max_wait() -> list:
+        futures = [batcher.submit(texts, role) for texts, role in jobs]
+        arriving[0] = False
+        return await asyncio.gather(*futures, return_exceptions=True)
+
     try:
-        results = run(_gather_jobs(batcher, jobs))
+        results = run(arrive_then_wait_out_max_wait())
     finally:
         batcher.close()
     for (texts, role), result in zip(jobs, results, strict=True):

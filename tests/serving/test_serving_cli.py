@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -12,8 +13,9 @@ pytest.importorskip("uvicorn")
 from fastapi.testclient import TestClient
 
 from piccolo_embed.cli import build_parser
-from piccolo_embed.cli.serve import GIL_SWITCH_INTERVAL_S, run, settings_from_args
+from piccolo_embed.cli.serve import FLAGS, GIL_SWITCH_INTERVAL_S, run, settings_from_args
 from piccolo_embed.serving import server
+from piccolo_embed.serving.settings import ServerSettings
 from piccolo_embed.types import Role
 
 MODULES = ("piccolo_embed.cli.serve",)
@@ -30,6 +32,14 @@ def test_arguments_become_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     explicit = build_parser(MODULES).parse_args([*argv, "--api-key", "k", "--served-model-name", "piccolo"])
     assert settings_from_args(explicit).api_key == "k"
     assert settings_from_args(explicit).model_name == "piccolo"
+
+
+def test_flag_defaults_are_the_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PICCOLO_EMBED_API_KEY", raising=False)
+    settings = settings_from_args(build_parser(MODULES).parse_args(["serve", "--model", "m"]))
+    assert settings == ServerSettings(model_name="m")
+    named_elsewhere = {"model_name", "default_role", "api_key"}  # --served-model-name, --default-role, --api-key
+    assert set(FLAGS) == {field.name for field in dataclasses.fields(ServerSettings)} - named_elsewhere
 
 
 def test_invalid_limits_are_user_errors() -> None:

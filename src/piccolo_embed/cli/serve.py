@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ipaddress
 import logging
 import sys
@@ -17,6 +18,38 @@ log = logging.getLogger(__name__)
 GIL_SWITCH_INTERVAL_S = 0.0005
 
 
+# ServerSettings field -> (flag, help). Each flag's default and type come from the field, so they live there only.
+LIMIT_FLAGS = {
+    "max_inputs_per_request": ("--max-inputs", "most texts per request"),
+    "max_chars_per_text": ("--max-chars", "most characters per text"),
+    "max_request_bytes": ("--max-request-bytes", "largest request body"),
+    "max_wait_ms": ("--max-wait-ms", "longest a part-full batch waits for more"),
+    "max_queue_texts": ("--max-queue-texts", "texts waiting before requests get 429"),
+    "request_timeout_s": ("--request-timeout", "seconds before a waiting request gets 503"),
+}
+CONNECTION_FLAGS = {
+    "max_connections": ("--max-connections", "open connections before the slowest is shed"),
+    "max_header_bytes": ("--max-header-bytes", "largest request line plus headers"),
+    "max_headers": ("--max-headers", "most headers per request"),
+    "header_timeout_s": ("--header-timeout", "seconds to send a request's head"),
+    "body_timeout_s": ("--body-timeout", "seconds to send a request's body"),
+    "drain_s": ("--drain-seconds", "on SIGTERM/SIGINT, seconds queued work keeps running before it is answered 503"),
+}
+# Fields set by the model options every model command shares (cli/common.py).
+MODEL_FLAGS = {"max_batch_size": "--batch-size", "max_batch_tokens": "--max-batch-tokens"}
+FLAGS = {field: flag for field, (flag, _) in (LIMIT_FLAGS | CONNECTION_FLAGS).items()} | MODEL_FLAGS
+DEFAULTS = {field.name: field.default for field in dataclasses.fields(ServerSettings)}
+
+
+def _add_setting_flags(group: argparse._ArgumentGroup, flags: dict[str, tuple[str, str]]) -> None:
+    """One flag per :class:`ServerSettings` field, stored under the field's name, with the field's default."""
+    for field, (flag, help_text) in flags.items():
+        default = DEFAULTS[field]
+        group.add_argument(
+            flag, dest=field, type=type(default), default=default, help=f"{help_text} (default: {default})"
+        )
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``serve`` subcommand."""
     parser = subparsers.add_parser(
@@ -29,28 +62,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--default-role",
         choices=[r.value for r in Role],
-        default=Role.NONE.value,
+        default=DEFAULTS["default_role"].value,
         help="role for requests that name none (default: none, i.e. no instruction, like Embedder.encode)",
     )
-    limits = parser.add_argument_group("limits and batching")
-    limits.add_argument("--max-inputs", type=int, default=256, help="most texts per request")
-    limits.add_argument("--max-chars", type=int, default=8192, help="most characters per text")
-    limits.add_argument("--max-request-bytes", type=int, default=8 * 1024 * 1024, help="largest request body")
-    limits.add_argument("--max-wait-ms", type=float, default=5.0, help="longest a part-full batch waits for more")
-    limits.add_argument("--max-queue-texts", type=int, default=4096, help="texts waiting before requests get 429")
-    limits.add_argument("--request-timeout", type=float, default=60.0, help="seconds before a waiting request gets 503")
-    guard = parser.add_argument_group("connections (slow or oversized clients)")
-    guard.add_argument("--max-connections", type=int, default=1024, help="open connections before the slowest is shed")
-    guard.add_argument("--max-header-bytes", type=int, default=16 * 1024, help="largest request line plus headers")
-    guard.add_argument("--max-headers", type=int, default=100, help="most headers per request")
-    guard.add_argument("--header-timeout", type=float, default=10.0, help="seconds to send a request's head")
-    guard.add_argument("--body-timeout", type=float, default=60.0, help="seconds to send a request's body")
-    guard.add_argument(
-        "--drain-seconds",
-        type=float,
-        default=10.0,
-        help="on SIGTERM/SIGINT, seconds queued work keeps running before it is answered 503",
-    )
+    _add_setting_flags(parser.add_argument_group("limits and batching"), LIMIT_FLAGS)
+    _add_setting_flags(parser.add_argument_group("connections (slow or oversized clients)"), CONNECTION_FLAGS)
     parser.add_argument(
         "--api-key",
         default=None,
@@ -61,40 +77,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--threads",
         type=int,
         default=None,
-        help="torch CPU threads for the model (default: torch's default, one per core; on an idle 2-core box "
-        "that served 1.7x the texts/s of leaving a core to HTTP, see benchmarks/serve_load.py)",
+        help="torch CPU threads for the model (default: torch's, one per core, which served the most texts/s; "
+        "see docs/performance.md)",
     )
     parser.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
     parser.set_defaults(func=run)
 
 
-# ServerSettings field -> the flag that sets it, so a refused value is reported by the name the user typed
-FLAGS = {
-    "max_inputs_per_request": "--max-inputs",
-    "max_chars_per_text": "--max-chars",
-    "max_request_bytes": "--max-request-bytes",
-    "max_batch_size": "--batch-size",
-    "max_batch_tokens": "--max-batch-tokens",
-    "max_wait_ms": "--max-wait-ms",
-    "max_queue_texts": "--max-queue-texts",
-    "request_timeout_s": "--request-timeout",
-    "max_connections": "--max-connections",
-    "max_header_bytes": "--max-header-bytes",
-    "max_headers": "--max-headers",
-    "header_timeout_s": "--header-timeout",
-    "body_timeout_s": "--body-timeout",
-    "drain_s": "--drain-seconds",
-}
-
-
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     """The server settings described by ``args``; a refused value raises ``ValueError`` naming its flag."""
-    values = {field: getattr(args, flag.removeprefix("--").replace("-", "_")) for field, flag in FLAGS.items()}
+    values = {field: getattr(args, field) for field in LIMIT_FLAGS | CONNECTION_FLAGS}
     try:
         return ServerSettings(
             model_name=args.served_model_name or str(args.model),
             default_role=Role.parse(args.default_role),
             api_key=args.api_key or ServerSettings.api_key_from_env(),
+            max_batch_size=args.batch_size,
+            max_batch_tokens=args.max_batch_tokens,
             **values,
         )
     except ValueError as err:
@@ -138,13 +137,11 @@ def _check_device(device: str) -> None:
 
 
 def _share_the_gil() -> None:
-    """Let the batching worker take the GIL within 0.5 ms instead of 5 ms.
+    """Let the batching worker take the GIL within 0.5 ms instead of Python's default 5 ms.
 
-    Why: when requests arrive, the submit that completes a batch wakes the worker, which needs the GIL.
-    uvloop takes and drops the GIL around every callback and, without a switch request, keeps winning it,
-    so the worker waited out Python's whole 5 ms switch interval while the model stood idle (measured
-    between a pass's last request and its start, 32 one-text clients on the starter). The process belongs to
-    the server, so this global setting is ours to make.
+    Why: the request that completes a batch wakes the worker, which then waited out the whole switch interval
+    while the event loop kept the GIL and the model stood idle (docs/performance.md, "How we got here"). The
+    process belongs to the server, so this global setting is ours to make.
     """
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
 

@@ -2,8 +2,9 @@
 
 Routes:
     ``POST /v1/embeddings``: OpenAI-compatible (``input``, ``model``, ``encoding_format``, ``dimensions``,
-    ``user``) plus an optional ``role``. ``GET /v1/models``: the one served model, for OpenAI clients.
-    ``POST /embed``: native (``texts``, ``role``, ``normalize``, ``truncate``, ``dimensions``).
+    ``user``) plus an optional ``role``; ``model`` ``<name>-query`` / ``<name>-passage`` picks the role, so a
+    stock OpenAI client needs no extra field. ``GET /v1/models``: those names, for OpenAI clients.
+    ``POST /embed``: native (``texts``, ``role``, ``normalize``, ``truncate``, ``long``, ``dimensions``).
     ``GET /health`` (never needs the API key), ``GET /info``, ``GET /metrics`` (Prometheus text).
 
 Handlers never touch the model: they validate, submit to the :class:`DynamicBatcher` (whose worker thread
@@ -26,6 +27,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 
 from piccolo_embed import __version__
+from piccolo_embed.chunking import LongMode
 from piccolo_embed.serving import protocol as wire
 from piccolo_embed.serving.batcher import (
     BatcherClosedError,
@@ -39,11 +41,13 @@ from piccolo_embed.serving.batcher import (
 )
 from piccolo_embed.serving.errors import ApiError, install_error_handlers
 from piccolo_embed.serving.front import FastRoute, GatedFastAPI, Gatekeeper
+from piccolo_embed.serving.long import MeanOfChunks, SubmitChunks, TooManyChunksError
 from piccolo_embed.serving.metrics import CONTENT_TYPE, ServerMetrics
 from piccolo_embed.serving.settings import ServerSettings
+from piccolo_embed.types import Role
 
 if TYPE_CHECKING:
-    from piccolo_embed.types import Role, RoleSpec
+    from piccolo_embed.types import RoleSpec
 
 ROUTES = ("/v1/embeddings", "/v1/models", "/embed", "/health", "/info", "/metrics", "/docs", "/openapi.json")
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -140,20 +144,32 @@ def _add_embedding_routes(
 ) -> dict[str, FastRoute]:
     """Register the embedding routes on ``app``; return their handlers for the short path."""
     dim = model.dim  # read once: sentence-transformers walks its modules on every call
+    timeout = settings.request_timeout_s
+    names = model_names(name)
+    # Built on first use: it copies the tokenizer (startup stays as fast, and scripted test models have none).
+    mean = functools.cache(lambda: MeanOfChunks(model.roles, model.tokenizer, max_chunks=settings.max_queue_texts))
 
     async def run(texts: list[str], role: Role, dims: int | None, *, truncate: bool, param: str) -> Embedded:
         _check_request(texts, dims, settings=settings, dim=dim, param=param)
-        return await _submit(batcher, texts, role, truncate=truncate, param=param, timeout=settings.request_timeout_s)
+        return await _submit(batcher, texts, role, truncate=truncate, param=param, timeout=timeout)
+
+    async def chunks(texts: list[str], role: Role) -> Embedded:
+        return await _submit(batcher, texts, role, truncate=True, param="texts", timeout=timeout)
 
     async def openai_json(body: wire.OpenAIEmbeddingRequest) -> bytes:
-        role = body.role or settings.default_role
+        role = _openai_role(body, names, settings.default_role)
         result = await run(body.input, role, body.dimensions, truncate=True, param="input")
         vectors = resize(result.vectors, body.dimensions, normalize=True)
-        return wire.openai_response_json(vectors, result.token_counts, name, body.encoding_format)
+        served = body.model if body.model in names else name
+        return wire.openai_response_json(vectors, result.token_counts, served, body.encoding_format)
 
     async def embed_json(body: wire.EmbedRequest) -> bytes:
         role = body.role or settings.default_role
-        result = await run(body.texts, role, body.dimensions, truncate=body.truncate, param="texts")
+        if body.long is LongMode.MEAN:
+            _check_request(body.texts, body.dimensions, settings=settings, dim=dim, param="texts")
+            result = await _long_mean(mean(), body.texts, role, chunks)
+        else:
+            result = await run(body.texts, role, body.dimensions, truncate=body.truncate, param="texts")
         vectors = resize(result.vectors, body.dimensions, normalize=body.normalize)
         return wire.embed_response_json(vectors, result.token_counts, name, role)
 
@@ -190,14 +206,44 @@ def _add_status_routes(app: FastAPI, model: ServedModel, settings: ServerSetting
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        """The served model in OpenAI's model-list shape (some clients check it before embedding)."""
-        entry = {"id": name, "object": "model", "created": 0, "owned_by": "piccolo-embed"}
-        return {"object": "list", "data": [entry]}
+        """The served model's names in OpenAI's model-list shape: plain, ``-query`` and ``-passage``."""
+        entries = [
+            {"id": served, "object": "model", "created": 0, "owned_by": "piccolo-embed"} for served in model_names(name)
+        ]
+        return {"object": "list", "data": entries}
 
     @app.get("/metrics")
     async def metrics() -> Response:
         """Prometheus text exposition."""
         return Response(app.state.metrics.render(), media_type=CONTENT_TYPE)
+
+
+def model_names(name: str) -> dict[str, Role | None]:
+    """The model names ``/v1/embeddings`` knows, each with the role it selects (``None``: the default role)."""
+    return {name: None, f"{name}-{Role.QUERY.value}": Role.QUERY, f"{name}-{Role.PASSAGE.value}": Role.PASSAGE}
+
+
+def _openai_role(body: wire.OpenAIEmbeddingRequest, names: dict[str, Role | None], default: Role) -> Role:
+    """The role an OpenAI request asks for: its ``role`` field, else its model name's, else the default.
+
+    Other model names are accepted, with the default role, as before role names existed.
+    """
+    named = names.get(body.model) if body.model else None
+    if body.role is not None and named is not None and body.role is not named:
+        message = f"model {body.model!r} selects role {named.value}, but the request's role is {body.role.value}"
+        raise ApiError(400, message, param="role", code="conflicting_role")
+    return body.role or named or default
+
+
+async def _long_mean(mean: MeanOfChunks, texts: list[str], role: Role, submit: SubmitChunks) -> Embedded:
+    """``long: mean`` embeddings, with chunking errors as HTTP errors (batcher errors are already)."""
+    try:
+        return await mean.embed(texts, role, submit)
+    except TooManyChunksError as err:
+        message = f"texts: {err}; send fewer or shorter texts"
+        raise ApiError(413, message, param="texts", code="too_many_chunks") from None
+    except (ValueError, TypeError) as err:
+        raise ApiError(400, f"texts: {err}", param="texts", code="invalid_input") from None
 
 
 def _check_request(texts: list[str], dims: int | None, *, settings: ServerSettings, dim: int, param: str) -> None:
@@ -232,7 +278,7 @@ async def _submit(
         where = f"{param}[{err.index}]"
         message = (
             f"{where} has {err.tokens} tokens, more than the {err.limit} allowed for role {role.value}; "
-            "shorten it or send truncate=true"
+            'shorten it, send truncate=true, or send long="mean" for the mean of its chunks\' vectors'
         )
         raise ApiError(413, message, param=where, code="input_too_long") from None
     except (ValueError, TypeError) as err:

@@ -132,16 +132,18 @@ class _Job:
         """Answer the job with ``error`` (from any thread)."""
         self.failed = True
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
-            self.loop.call_soon_threadsafe(_settle, self.future, None, error)
+            self.loop.call_soon_threadsafe(_settle, [(self.future, error)])
 
 
-def _settle(future: asyncio.Future[Embedded], result: Embedded | None, error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
+def _settle(outcomes: list[tuple[asyncio.Future[Embedded], Embedded | BaseException]]) -> None:
+    """On the event loop: resolve each future with its result or error, unless its request gave up already."""
+    for future, outcome in outcomes:
+        if future.done():
+            continue
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
 
 
 @dataclass(frozen=True)
@@ -438,7 +440,7 @@ class DynamicBatcher:
             )
         finished = [job for (job, i), vector in zip(members, vectors, strict=True) if _deliver(job, i, vector)]
         sent = self.clock()
-        _settle_together(finished)
+        _answer(finished)
         return sent
 
 
@@ -464,24 +466,19 @@ def _deliver(job: _Job, row: int, vector: np.ndarray) -> bool:
     return job.done_rows == job.size
 
 
-def _settle_together(jobs: Sequence[_Job]) -> None:
+def _answer(jobs: Sequence[_Job]) -> None:
     """Resolve finished jobs with one ``call_soon_threadsafe`` per event loop rather than one per job.
 
     Why: each call wakes the event loop, which then wants the GIL while this thread still holds it for the
     next delivery; after a pass of 32 one-text requests that was 32 wake-ups and GIL hand-overs instead of one.
     """
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Embedded], Embedded]]] = {}
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Embedded], Embedded | BaseException]]] = {}
     for job in jobs:
         result = Embedded(job.out, [len(row) for row in job.ids or []])  # type: ignore[arg-type]
         by_loop.setdefault(job.loop, []).append((job.future, result))
-    for loop, settled in by_loop.items():
+    for loop, outcomes in by_loop.items():
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
-            loop.call_soon_threadsafe(_settle_all, settled)
-
-
-def _settle_all(settled: list[tuple[asyncio.Future[Embedded], Embedded]]) -> None:
-    for future, result in settled:
-        _settle(future, result, None)
+            loop.call_soon_threadsafe(_settle, outcomes)
 
 
 def _check_lengths(full: Sequence[int], truncated: Sequence[int]) -> None:

@@ -1,17 +1,15 @@
 """The front door every request passes: API key, body size, request metrics, and a short path for embeddings.
 
-Why a short path: the embedding routes are what clients call thousands of times a second, and FastAPI's
-per-request machinery (exception and exit-stack middleware, routing, dependency solving, response wrapping)
-took most of the event loop's time per request. That time is not just latency: with closed-loop clients the
-model waits while the loop answers one pass's requests and parses the next ones, so on the 2-core benchmark
-box 32 one-text clients kept the model busy 85% of the time through FastAPI and 89-90% through this path
-(``docs/performance.md``).
+The short path serves well-formed embedding requests without FastAPI's per-request machinery (exception and
+exit-stack middleware, routing, dependency solving, response wrapping). Why: with closed-loop clients the model
+waits while the event loop answers one pass's requests and parses the next, so event-loop time per request is
+model time lost (numbers in docs/performance.md).
 
-The short path serves only well-formed requests: a JSON body that parses and validates against the route's
-pydantic model (the same ``json.loads`` plus python-mode validation FastAPI does). Anything else (bad JSON,
-invalid fields, another content type) is replayed through the FastAPI route, so every error response is
-FastAPI's own; the tests compare both paths on the whole bad-input matrix. The FastAPI routes stay registered:
-they document the API (``/docs``) and serve those replays.
+It serves only a JSON body that parses and validates against the route's pydantic model (the same
+``json.loads`` plus python-mode validation FastAPI does). Anything else (bad JSON, invalid fields, another
+content type) is replayed through the FastAPI route, so every error response is FastAPI's own; the tests
+compare both paths on the whole bad-input matrix. The FastAPI routes stay registered: they document the API
+(``/docs``) and serve those replays.
 
 Whatever the path, the gatekeeper reads every request body itself, stopping at ``max_request_bytes`` (413)
 whatever the framing, and while the request is answered it watches for the client leaving: the handler is then
@@ -63,10 +61,9 @@ class FastRoute:
 class GatedFastAPI(FastAPI):
     """FastAPI whose outermost layer is ``front`` (a :class:`Gatekeeper`), outside FastAPI's own middleware.
 
-    ``add_middleware`` would put the gatekeeper inside FastAPI's error, telemetry and body-limit layers, which
-    every request (short path included) would then cross too: with a model that costs nothing, 32 clients
-    got 6.6-6.8k requests/s that way and 7.7-8.2k with the gatekeeper outermost. Its short path catches
-    handler errors itself, as FastAPI's error layer would.
+    Why: ``add_middleware`` would put the gatekeeper inside FastAPI's error, telemetry and body-limit layers,
+    which every request (short path included) would then cross too, at a cost measured in docs/performance.md.
+    The short path catches handler errors itself, as FastAPI's error layer would.
     """
 
     front: Callable[[ASGIApp], ASGIApp] | None = None

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from piccolo_embed.chunking.long import LongMode
 from piccolo_embed.types import HelpfulEnum, Role
 
 
@@ -43,7 +44,11 @@ class OpenAIEmbeddingRequest(_Request):
     """``POST /v1/embeddings`` body, as the OpenAI client sends it, plus an optional ``role``."""
 
     input: list[str] = Field(min_length=1, description="A string or a non-empty list of strings.")
-    model: str | None = Field(default=None, description="Accepted for compatibility; one model is served.")
+    model: str | None = Field(
+        default=None,
+        description="`<served name>-query` or `-passage` selects that role (see /v1/models); any other name is "
+        "accepted and keeps `role` or the server's default role.",
+    )
     encoding_format: EncodingFormat = EncodingFormat.FLOAT
     dimensions: StrictDimensions = None
     user: str | None = Field(default=None, description="Accepted and ignored.")
@@ -84,9 +89,22 @@ class EmbedRequest(_Request):
         strict=True,
         description="Cut texts longer than the role's max length; false makes an over-long text a 413 error.",
     )
+    long: LongMode = Field(
+        default=LongMode.TRUNCATE,
+        description="truncate: a text longer than the role reads follows `truncate`; mean: every text is cut into "
+        "chunks the role reads whole and gets the unit-length mean of their vectors (`truncate` then never applies).",
+    )
     dimensions: StrictDimensions = None
 
     _role = field_validator("role", mode="before")(_parse_role)
+
+    @field_validator("long", mode="before")
+    @classmethod
+    def _long(cls, value: Any) -> Any:
+        mode = LongMode.parse(value) if isinstance(value, str) else value
+        if mode is LongMode.CHUNKS:
+            raise ValueError("'chunks' (a vector per chunk) is not served; choose truncate or mean")
+        return mode
 
 
 class Usage(BaseModel):
