@@ -253,7 +253,7 @@ def save_scenario(work: Path) -> dict:
 
 def train_scenario(work: Path) -> dict:
     from piccolo_embed.training.checkpoint import intact_checkpoints, read_record
-    from piccolo_embed.training.config import TrainConfig
+    from piccolo_embed.training.config import RunConfig
     from piccolo_embed.training.run import train_from_config
 
     tiny = tiny_model(work)
@@ -262,8 +262,8 @@ def train_scenario(work: Path) -> dict:
     rows = [{"query": chars[i % 20 : i % 20 + 4], "pos": [chars[(i * 3) % 20 :][:8]]} for i in range(16)]
     pairs.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
-    def config(output: Path) -> TrainConfig:
-        return TrainConfig.from_mapping(
+    def config(output: Path) -> RunConfig:
+        return RunConfig.from_mapping(
             {
                 "model": {"name": str(tiny), "query_max_length": 16, "passage_max_length": 16},
                 "data": {"datasets": [{"file": str(pairs), "kind": "s2p"}], "cache_dir": str(work / "arrow")},
