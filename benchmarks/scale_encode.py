@@ -83,6 +83,7 @@ def run_ray(model: str, texts: list[str], actors: list[int], cpus: int) -> list[
 
     from piccolo_embed.parallel import EmbedderLoader
     from piccolo_embed.parallel.ray_encode import RayOptions, encoded_dataset, exactly_once
+    from piccolo_embed.types import Role
 
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     loader = EmbedderLoader(model, name=model)
@@ -93,7 +94,7 @@ def run_ray(model: str, texts: list[str], actors: list[int], cpus: int) -> list[
         for n in actors:
             options = RayOptions(actors=n, cpus_per_actor=max(1, cpus // n), batch_rows=256, block_lines=1024)
             started = time.perf_counter()
-            dataset = encoded_dataset(corpus, 0, "passage", loader, options)
+            dataset = encoded_dataset(corpus, 0, Role.PASSAGE, loader, options)
             got = [
                 b["vector"][k]
                 for b, k in exactly_once(dataset.iter_batches(batch_size=4096, batch_format="numpy"), "c")
