@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import IO
 
 
 def fsync_dir(directory: Path) -> None:
@@ -42,6 +43,20 @@ def publish_file(tmp: Path, path: Path) -> None:
         os.fsync(handle.fileno())
     tmp.replace(path)
     fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def staged_file(path: Path, mode: str = "w", suffix: str = ".tmp") -> Iterator[IO]:
+    """``path`` opened in ``mode`` under a temporary name; synced and renamed on success, removed on failure."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{suffix}")
+    try:
+        with tmp.open(mode, encoding=None if "b" in mode else "utf-8") as handle:
+            yield handle
+        publish_file(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

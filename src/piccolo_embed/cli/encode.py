@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, BinaryIO, TextIO
+from typing import TYPE_CHECKING, BinaryIO, TextIO
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from piccolo_embed.atomic import staged_file
 from piccolo_embed.chunking import Chunker, LongMode, embed_long
 from piccolo_embed.cli.common import add_model_arguments
 from piccolo_embed.cli.long import add_chunk_arguments, chunk_options, given_chunk_options, tokenized_model
@@ -177,7 +176,7 @@ def write_matrix(output: Path, dim: int, blocks: Iterable[tuple[int, np.ndarray]
 
     The row count is not known until the input ends, and the input is read only once: the header is written
     with 0 rows and rewritten in place at the end (numpy pads ``.npy`` headers so the first dimension can grow
-    without moving the data). All in a temporary file (see :func:`staged_file`).
+    without moving the data). All in a temporary file (see :func:`piccolo_embed.atomic.staged_file`).
     """
     written = 0
     with staged_file(output, "wb", ".tmp.npy") as handle, tqdm(desc="encode", unit="row") as bar:
@@ -204,19 +203,3 @@ def _write_header(handle: BinaryIO, rows: int, dim: int) -> int:
     """Write a float32 ``(rows, dim)`` ``.npy`` header at the handle's position; return where the data starts."""
     np.lib.format.write_array_header_1_0(handle, {"descr": "<f4", "fortran_order": False, "shape": (rows, dim)})
     return handle.tell()
-
-
-@contextlib.contextmanager
-def staged_file(path: Path, mode: str = "w", suffix: str = ".tmp") -> Iterator[IO]:
-    """``path`` opened in ``mode`` under a temporary name; synced and renamed on success, removed on failure."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{suffix}")
-    try:
-        with tmp.open(mode, encoding=None if "b" in mode else "utf-8") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
