@@ -38,11 +38,14 @@ mine() {  # mine NAME INPUT KIND EXISTING
     --stats "$OUT/mined/$1.stats.json"
 }
 mine medqa "$TRAIN/stage1/medqa.jsonl" s2p replace
+mine lcsts "$TRAIN/stage1/lcsts.jsonl" s2p replace
+mine csl_cs "$TRAIN/stage1/csl_cs.jsonl" s2p replace
 mine simclue_rank "$TRAIN/stage2/simclue_rank.jsonl" s2s append
 
 step stage2 piccolo-embed train "${REPLACE[@]}" --config configs/recipe_cpu/stage2.yaml \
   --set model.name="$OUT/stage1" --set training.seed="$SEED" --set training.output_dir="$OUT/stage2" \
-  --set data.datasets.0.file="$OUT/mined/medqa.jsonl" --set data.datasets.1.file="$OUT/mined/simclue_rank.jsonl"
+  --set data.datasets.0.file="$OUT/mined/medqa.jsonl" --set data.datasets.1.file="$OUT/mined/lcsts.jsonl" \
+  --set data.datasets.2.file="$OUT/mined/csl_cs.jsonl" --set data.datasets.3.file="$OUT/mined/simclue_rank.jsonl"
 
 # LM-Cocktail: average the fine-tuned model with its base to win back what fine-tuning forgot. The base comes
 # first, so the merged model takes its files: the whole tokenizer and the starter's 512-token e5 roles.
