@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from piccolo_embed.defaults import BATCH_SIZE, MAX_BATCH_TOKENS
 from piccolo_embed.inference.batching import plan_batches
-from piccolo_embed.inference.runners import BatchRunner, TorchRunner, autocast_dtype, pad_batch
+from piccolo_embed.inference.runners import BatchRunner, TorchRunner, pad_batch
 from piccolo_embed.inference.unpadded import UnpaddedRunner, unpadded_unsupported
 from piccolo_embed.inference.validation import validate_texts
 from piccolo_embed.modeling.loading import load_sentence_transformer, resolve_model_dir, resolve_roles
@@ -233,19 +233,23 @@ class Embedder:
 
 
 def _default_runner(model: SentenceTransformer, precision: Precision) -> BatchRunner:
-    """The fastest exact runner: padding-free fp32 on CPU where the architecture allows, else plain torch.
+    """The fastest exact runner for the precision :meth:`Precision.resolve` picks on the model's device.
 
-    CUDA keeps the padded runner with autocast; an explicit ``bf16`` on CPU gets the AMX bf16-weights runner.
+    CUDA: the padded runner under autocast. CPU: bf16 weights (AMX) for bf16, else the padding-free fp32 runner
+    where the architecture allows it, else the padded one.
     """
-    if precision is Precision.BF16 and model.device.type == "cpu":
+    device = model.device.type
+    resolved = precision.resolve(device)  # refuses fp16 on CPU and bf16 without AMX, with a clear message
+    if device == "cuda":
+        return TorchRunner(model, resolved)
+    if resolved is Precision.BF16:
         from piccolo_embed.inference.cpu_bf16 import CpuBf16Runner
 
         return CpuBf16Runner(model)
-    autocast_dtype(model.device, precision)  # refuses fp16 on CPU with a clear message
-    if (reason := unpadded_unsupported(model)) is None:  # None only on CPU
+    if (reason := unpadded_unsupported(model)) is None:
         return UnpaddedRunner(model)
     log.debug("padded torch runner: %s", reason)
-    return TorchRunner(model, precision)
+    return TorchRunner(model)
 
 
 def _resolve_device(device: Device) -> str:
