@@ -1,8 +1,8 @@
-"""The closed choices of ``piccolo_embed.types``: the precision table."""
+"""The closed choices of ``piccolo_embed.types``: the precision table and the engine choice."""
 
 import pytest
 
-from piccolo_embed.types import Precision
+from piccolo_embed.types import Engine, Precision
 
 
 @pytest.mark.parametrize(
@@ -44,3 +44,19 @@ def test_resolve_probes_the_machine_only_when_the_answer_depends_on_it(monkeypat
     monkeypatch.setattr(hardware, "bf16_is_fast", lambda device_type: device_type == "cuda")
     assert Precision.AUTO.resolve("cuda") is Precision.BF16
     assert Precision.AUTO.resolve("cpu") is Precision.FP32
+
+
+def test_engine_names_and_bad_value_lists_the_choices() -> None:
+    assert [engine.value for engine in Engine] == ["torch", "torch-bf16", "onnx", "onnx-int8"]
+    assert Engine.parse(" ONNX-int8 ") is Engine.ONNX_INT8
+    with pytest.raises(ValueError, match="unknown Engine 'onnx8'; choose one of: torch, torch-bf16, onnx, onnx-int8"):
+        Engine.parse("onnx8")
+
+
+def test_engine_fixes_the_precision_of_every_engine_but_torch() -> None:
+    assert Engine.TORCH.precision(Precision.FP16) is Precision.FP16
+    assert Engine.TORCH_BF16.precision(Precision.AUTO) is Precision.BF16
+    assert [engine.onnx for engine in Engine] == [False, False, True, True]
+    for engine, asked in ((Engine.TORCH_BF16, Precision.FP32), (Engine.ONNX_INT8, Precision.BF16)):
+        with pytest.raises(ValueError, match="applies to engine torch only"):
+            engine.precision(asked)

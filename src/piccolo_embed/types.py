@@ -77,13 +77,6 @@ class Device(HelpfulEnum):
     CUDA = "cuda"
 
 
-class Backend(HelpfulEnum):
-    """What runs the transformer: PyTorch, or ONNX Runtime on an exported graph."""
-
-    TORCH = "torch"
-    ONNX = "onnx"
-
-
 class Quantization(HelpfulEnum):
     """Weight quantisation applied after an fp32 ONNX export."""
 
@@ -141,6 +134,36 @@ class Precision(HelpfulEnum):
         if fast_bf16:
             return Precision.BF16
         return Precision.FP16 if cuda else Precision.FP32  # AUTO without fast bf16
+
+
+class Engine(HelpfulEnum):
+    """What runs an embedder's forward pass: PyTorch, or ONNX Runtime on a graph from ``piccolo-embed export``.
+
+    ``torch`` runs at the :class:`Precision` asked for (the only engine that takes one); ``torch-bf16`` is torch
+    at bf16. ``onnx`` runs the fp32 graph and ``onnx-int8`` its dynamically quantised copy, both on CPU.
+    """
+
+    TORCH = "torch"
+    TORCH_BF16 = "torch-bf16"
+    ONNX = "onnx"
+    ONNX_INT8 = "onnx-int8"
+
+    @property
+    def onnx(self) -> bool:
+        """Whether ONNX Runtime runs the graph (CPU only; the export must exist)."""
+        return self in (Engine.ONNX, Engine.ONNX_INT8)
+
+    def precision(self, asked: Precision) -> Precision:
+        """The precision torch runs at: ``asked`` for ``torch``, bf16 for ``torch-bf16`` (``auto`` for ONNX).
+
+        Raises:
+            ValueError: A precision other than ``auto`` for an engine that fixes its own.
+        """
+        if self is Engine.TORCH:
+            return asked
+        if asked is not Precision.AUTO:
+            raise ValueError(f"precision {asked.value} applies to engine torch only; engine {self.value} fixes its own")
+        return Precision.BF16 if self is Engine.TORCH_BF16 else asked
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""bf16 on CPU (``precision="bf16"``, or ``auto`` with AMX): the AMX bf16-weights runner.
+"""bf16 on CPU (``precision="bf16"``, engine ``torch-bf16``, ``auto`` with AMX): the AMX bf16-weights runner.
 
 It stays close to fp32, and is refused where it would be slow.
 """
@@ -41,8 +41,14 @@ def test_auto_precision_on_a_cpu_without_amx_stays_fp32(tiny_bert_dir, monkeypat
     assert next(embedder.model.parameters()).dtype == torch.float32
 
 
-def test_auto_precision_on_an_amx_cpu_runs_bf16_weights(tiny_bert_dir, monkeypatch):
+def test_auto_precision_and_engine_torch_bf16_on_an_amx_cpu_run_bf16_weights(tiny_bert_dir, monkeypatch):
     monkeypatch.setattr(hardware, "cpu_has_amx", lambda: True)
     monkeypatch.setattr(cpu_bf16, "cpu_has_amx", lambda: True)
-    embedder = Embedder.from_pretrained(tiny_bert_dir, device="cpu")
-    assert isinstance(embedder.runner, CpuBf16Runner)  # built only: this CPU may lack AMX, so no encode
+    for options in ({}, {"engine": "torch-bf16"}):
+        embedder = Embedder.from_pretrained(tiny_bert_dir, device="cpu", **options)
+        assert isinstance(embedder.runner, CpuBf16Runner)  # built only: this CPU may lack AMX, so no encode
+
+
+def test_engine_torch_bf16_takes_no_other_precision(tiny_bert_dir):
+    with pytest.raises(ValueError, match="applies to engine torch only"):
+        Embedder.from_pretrained(tiny_bert_dir, device="cpu", engine="torch-bf16", precision="fp32")
