@@ -136,19 +136,7 @@ class Embedder:
 
     def tokenize(self, texts: Sequence[str], role: Role | str | None = None) -> list[list[int]]:
         """Token ids with the role's prefix and truncation at the role's max length (special tokens included)."""
-        spec = self.roles[Role.coerce(role)]
-        texts = validate_texts(texts)
-        if not texts:
-            return []
-        encoded = self.tokenizer(
-            [spec.prefix + text for text in texts],
-            truncation=True,
-            max_length=spec.max_length,
-            add_special_tokens=True,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )
-        return encoded["input_ids"]
+        return self._token_ids(texts, role, truncate=True)
 
     def count_tokens(self, texts: Sequence[str], role: Role | str | None = None, *, truncate: bool = True) -> list[int]:
         """Tokens per text as the model sees them: role prefix and special tokens included.
@@ -156,21 +144,25 @@ class Embedder:
         With ``truncate=False`` the count is what the text would need, past the role's max length (what a server
         reports before refusing an over-long input); no warning is logged for such texts.
         """
-        if truncate:
-            return [len(ids) for ids in self.tokenize(texts, role)]
-        prefix = self.roles[Role.coerce(role)].prefix
+        return [len(ids) for ids in self._token_ids(texts, role, truncate=truncate)]
+
+    def _token_ids(self, texts: Sequence[str], role: Role | str | None, *, truncate: bool) -> list[list[int]]:
+        spec = self.roles[Role.coerce(role)]
         texts = validate_texts(texts)
         if not texts:
             return []
+        # Untruncated: no "sequence longer than the model" warning, since finding those texts is the point.
+        limit = (
+            {"truncation": True, "max_length": spec.max_length} if truncate else {"truncation": False, "verbose": False}
+        )
         encoded = self.tokenizer(
-            [prefix + text for text in texts],
+            [spec.prefix + text for text in texts],
             add_special_tokens=True,
-            truncation=False,
-            verbose=False,
             return_attention_mask=False,
             return_token_type_ids=False,
+            **limit,
         )
-        return [len(ids) for ids in encoded["input_ids"]]
+        return encoded["input_ids"]
 
     def encode(
         self,
