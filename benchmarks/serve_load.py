@@ -43,6 +43,9 @@ from pathlib import Path
 
 import numpy as np
 
+from piccolo_embed.defaults import BATCH_SIZE, MAX_BATCH_TOKENS
+from piccolo_embed.types import Engine
+
 REPO = Path(__file__).resolve().parents[1]
 LCQMC = REPO.parent / "shared" / "eval" / "cmteb-mini" / "LCQMC" / "test.jsonl"  # ../shared, as encode_throughput.py
 SERVER_CODE = (
@@ -54,13 +57,6 @@ FASTAPI_ONLY = (
     "import functools; from piccolo_embed.serving import app; "
     "app.build_app = functools.partial(app.build_app, fast_routes=False); "
 )
-# engine -> (serve CLI flags, Embedder.from_pretrained keywords): the server and the baseline run the same engine
-ENGINES: dict[str, tuple[list[str], dict[str, object]]] = {
-    "torch": ([], {}),
-    "bf16": (["--precision", "bf16"], {"precision": "bf16"}),
-    "onnx": (["--backend", "onnx"], {"backend": "onnx"}),
-    "onnx-int8": (["--backend", "onnx", "--int8"], {"backend": "onnx", "int8": True}),
-}
 CHARS = (
     "的一是了我不人在他有这个上们来到时大地为子中你说生国年着就那和要她出也得里后自以会家可下而过天去能对小多然于"
     "心学么之都好看起发当没成只如事把还用第样道想作种开美总从无情己面最女但现前些所同日手又行意动"
@@ -94,14 +90,14 @@ def parse_args() -> argparse.Namespace:
         default=None,
         help=f"jsonl with sentence1/sentence2, read in place (default: {LCQMC}; generated text when it is absent)",
     )
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--max-batch-tokens", type=int, default=16384)
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    parser.add_argument("--max-batch-tokens", type=int, default=MAX_BATCH_TOKENS)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=0, help="server torch threads (0: the server's default)")
     parser.add_argument(
         "--engine",
-        choices=sorted(ENGINES),
-        default="torch",
+        choices=[engine.value for engine in Engine],
+        default=Engine.TORCH.value,
         help="model engine of both the server and the offline baseline (onnx needs piccolo-embed export first; "
         "the offline thread counts only apply to torch engines, ONNX Runtime keeps its own thread pool)",
     )
@@ -171,7 +167,7 @@ def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
     argv += ["--max-batch-tokens", str(args.max_batch_tokens), "--max-wait-ms", str(args.max_wait_ms)]
     argv += ["--max-inputs", str(max(256, *args.texts_per_request))]
     argv += ["--threads", str(args.threads)] if args.threads else []
-    argv += ENGINES[args.engine][0]
+    argv += ["--engine", args.engine]  # the server and the offline baseline run the same engine
     # a file, not a pipe: an unread pipe could fill up and stall the server
     log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - lives as long as the server process
     code = (FASTAPI_ONLY if args.fastapi_only else "") + SERVER_CODE
@@ -427,7 +423,7 @@ def main() -> int:
     from piccolo_embed import Embedder
 
     texts, source = load_texts(args.data, args.pool, args.seed)
-    embedder = Embedder.from_pretrained(args.model, **ENGINES[args.engine][1])
+    embedder = Embedder.from_pretrained(args.model, engine=args.engine)
     print(
         f"model: {args.model} (dim {embedder.dim}); texts: {len(texts)} from {source}, "
         f"mean {np.mean([len(t) for t in texts]):.1f} chars; role {args.role}"

@@ -61,10 +61,10 @@ def test_onnx_backend_via_cli_matches_torch(tiny_bert_dir, tmp_path):
     source = tmp_path / "in.txt"
     source.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
     torch_vectors = Embedder.from_pretrained(tiny_bert_dir, device="cpu").encode(TEXTS, "passage")
-    for extra, tolerance in (([], 1e-4), (["--int8"], None)):
-        out = tmp_path / f"onnx{len(extra)}.npy"
+    for engine, tolerance in (("onnx", 1e-4), ("onnx-int8", None)):
+        out = tmp_path / f"{engine}.npy"
         argv = ["encode", "--model", str(tiny_bert_dir), "--role", "passage", "--input", str(source)]
-        assert main([*argv, "--output", str(out), "--backend", "onnx", *extra]) == 0
+        assert main([*argv, "--output", str(out), "--engine", engine]) == 0
         vectors = np.load(out)
         if tolerance is None:
             assert (vectors * torch_vectors).sum(axis=1).mean() > 0.99

@@ -77,13 +77,6 @@ class Device(HelpfulEnum):
     CUDA = "cuda"
 
 
-class Backend(HelpfulEnum):
-    """What runs the transformer: PyTorch, or ONNX Runtime on an exported graph."""
-
-    TORCH = "torch"
-    ONNX = "onnx"
-
-
 class Quantization(HelpfulEnum):
     """Weight quantisation applied after an fp32 ONNX export."""
 
@@ -92,16 +85,85 @@ class Quantization(HelpfulEnum):
 
 
 class Precision(HelpfulEnum):
-    """Numeric precision of the forward pass.
-
-    On CUDA it is the autocast dtype (``auto``: bf16 where supported, else fp16). On CPU ``auto`` and ``fp32`` run
-    fp32, ``bf16`` needs AMX (inference: bf16 weights; training: bf16 autocast), and ``fp16`` is refused.
-    """
+    """Numeric precision of the forward pass, in training and at inference; :meth:`resolve` decides what runs."""
 
     AUTO = "auto"
     FP32 = "fp32"
     FP16 = "fp16"
     BF16 = "bf16"
+
+    def resolve(self, device_type: str, *, fast_bf16: bool | None = None) -> Precision:
+        """The precision that runs on ``device_type``: ``AUTO`` made concrete, a slow or impossible choice refused.
+
+        The one table for training (autocast) and inference (autocast on CUDA, bf16 weights on CPU):
+
+        ========  ======================================  ==========================
+        asked     CUDA                                    CPU
+        ========  ======================================  ==========================
+        auto      bf16 where the GPU supports it, else    bf16 with AMX, else fp32
+                  fp16
+        fp32      fp32                                    fp32
+        fp16      fp16                                    refused
+        bf16      bf16                                    bf16 with AMX, else refused
+        ========  ======================================  ==========================
+
+        A CPU without AMX emulates bf16, slower than fp32, so bf16 there is refused rather than silently slow.
+
+        Args:
+            device_type: ``"cuda"`` or ``"cpu"`` (a ``torch.device``'s ``type``).
+            fast_bf16: Whether the device runs bf16 at speed (a GPU with bf16 support, a CPU with AMX); probed
+                when ``None``.
+
+        Raises:
+            ValueError: fp16 on CPU, or bf16 on a CPU without AMX.
+        """
+        cuda = device_type == "cuda"
+        if self is Precision.FP16 and not cuda:
+            raise ValueError("precision fp16 needs CUDA; on CPU use fp32, or bf16 on a CPU with AMX")
+        if self in (Precision.FP32, Precision.FP16) or (self is Precision.BF16 and cuda):
+            return self
+        if fast_bf16 is None:
+            from piccolo_embed.hardware import bf16_is_fast
+
+            fast_bf16 = bf16_is_fast(device_type)
+        if self is Precision.BF16 and not fast_bf16:  # on CPU: CUDA returned above
+            raise ValueError(
+                "precision bf16 on CPU needs AMX (Intel Sapphire Rapids or later) and this CPU has no AMX: "
+                "bf16 would be slower than fp32 here; use fp32"
+            )
+        if fast_bf16:
+            return Precision.BF16
+        return Precision.FP16 if cuda else Precision.FP32  # AUTO without fast bf16
+
+
+class Engine(HelpfulEnum):
+    """What runs an embedder's forward pass: PyTorch, or ONNX Runtime on a graph from ``piccolo-embed export``.
+
+    ``torch`` runs at the :class:`Precision` asked for (the only engine that takes one); ``torch-bf16`` is torch
+    at bf16. ``onnx`` runs the fp32 graph and ``onnx-int8`` its dynamically quantised copy, both on CPU.
+    """
+
+    TORCH = "torch"
+    TORCH_BF16 = "torch-bf16"
+    ONNX = "onnx"
+    ONNX_INT8 = "onnx-int8"
+
+    @property
+    def onnx(self) -> bool:
+        """Whether ONNX Runtime runs the graph (CPU only; the export must exist)."""
+        return self in (Engine.ONNX, Engine.ONNX_INT8)
+
+    def precision(self, asked: Precision) -> Precision:
+        """The precision torch runs at: ``asked`` for ``torch``, bf16 for ``torch-bf16`` (``auto`` for ONNX).
+
+        Raises:
+            ValueError: A precision other than ``auto`` for an engine that fixes its own.
+        """
+        if self is Engine.TORCH:
+            return asked
+        if asked is not Precision.AUTO:
+            raise ValueError(f"precision {asked.value} applies to engine torch only; engine {self.value} fixes its own")
+        return Precision.BF16 if self is Engine.TORCH_BF16 else asked
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from piccolo_embed.evaluation.mteb_bridge import (  # noqa: E402
     role_for,
 )
 from piccolo_embed.evaluation.tasks import ClassificationData, LabelledTexts, PairData, RerankingData  # noqa: E402
-from piccolo_embed.types import Role  # noqa: E402
+from piccolo_embed.types import Role, TaskKind  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:The task .* is superseded:UserWarning")
 
@@ -71,7 +71,8 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def spec(name: str, kind: TaskType, main: str, *, s2p: bool = False) -> TaskSpec:
-    return TaskSpec(name=name, type=kind, split="test", main_score=main, s2p=s2p, path=Path(name))
+    task_kind = TaskKind.S2P if s2p else TaskKind.S2S
+    return TaskSpec(name=name, type=kind, split="test", main_score=main, kind=task_kind, path=Path(name))
 
 
 def rand_text(rng: np.random.Generator, pool: Sequence[str], length: int) -> str:

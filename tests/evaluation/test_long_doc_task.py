@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from piccolo_embed.evaluation.loading import document_text, load_task
+from piccolo_embed.types import TaskKind
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "build_long_doc_task.py"
 PARAGRAPHS = 23
@@ -59,7 +60,7 @@ def _run(source: Path, output: Path, *extra: str) -> None:
 def test_builds_a_loadable_task_whose_sections_hold_the_paragraphs(source: Path, tmp_path: Path) -> None:
     _run(source, tmp_path / "out", "--seed", "3")
     task = load_task(tmp_path / "out")
-    assert task.spec.name == "CMRC2018LongDoc" and task.spec.s2p
+    assert task.spec.name == "CMRC2018LongDoc" and task.spec.kind is TaskKind.S2P
     documents = dict(zip(task.data.corpus_ids, task.data.corpus_texts, strict=True))
     paragraphs = [json.loads(line) for line in (source / "corpus.jsonl").read_text(encoding="utf-8").splitlines()]
     sections = [json.loads(line) for line in (tmp_path / "out" / "sections.jsonl").read_text().splitlines()]

@@ -1,10 +1,13 @@
-"""``precision="bf16"`` on CPU: the AMX bf16-weights runner, close to fp32, and refused where it would be slow."""
+"""bf16 on CPU (``precision="bf16"``, engine ``torch-bf16``, ``auto`` with AMX): the AMX bf16-weights runner.
+
+It stays close to fp32, and is refused where it would be slow.
+"""
 
 import numpy as np
 import pytest
 import torch
 
-from piccolo_embed import Embedder
+from piccolo_embed import Embedder, hardware
 from piccolo_embed.inference import cpu_bf16
 from piccolo_embed.inference.cpu_bf16 import CpuBf16Runner
 from piccolo_embed.inference.unpadded import UnpaddedRunner
@@ -31,7 +34,21 @@ def test_bf16_is_refused_on_a_cpu_without_amx(tiny_bert_dir, monkeypatch):
         Embedder.from_pretrained(tiny_bert_dir, device="cpu", precision="bf16")
 
 
-def test_auto_precision_on_cpu_stays_fp32(tiny_bert_dir):
+def test_auto_precision_on_a_cpu_without_amx_stays_fp32(tiny_bert_dir, monkeypatch):
+    monkeypatch.setattr(hardware, "cpu_has_amx", lambda: False)
     embedder = Embedder.from_pretrained(tiny_bert_dir, device="cpu")
     assert isinstance(embedder.runner, UnpaddedRunner)  # fp32 weights, no autocast
     assert next(embedder.model.parameters()).dtype == torch.float32
+
+
+def test_auto_precision_and_engine_torch_bf16_on_an_amx_cpu_run_bf16_weights(tiny_bert_dir, monkeypatch):
+    monkeypatch.setattr(hardware, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(cpu_bf16, "cpu_has_amx", lambda: True)
+    for options in ({}, {"engine": "torch-bf16"}):
+        embedder = Embedder.from_pretrained(tiny_bert_dir, device="cpu", **options)
+        assert isinstance(embedder.runner, CpuBf16Runner)  # built only: this CPU may lack AMX, so no encode
+
+
+def test_engine_torch_bf16_takes_no_other_precision(tiny_bert_dir):
+    with pytest.raises(ValueError, match="applies to engine torch only"):
+        Embedder.from_pretrained(tiny_bert_dir, device="cpu", engine="torch-bf16", precision="fp32")

@@ -144,3 +144,12 @@ def test_count_tokens_counts_prefix_and_special_tokens_with_and_without_truncati
     assert embedder.count_tokens(texts, None, truncate=False) == [62, 3]
     assert embedder.count_tokens(texts, "passage") == [len(ids) for ids in embedder.tokenize(texts, "passage")]
     assert embedder.count_tokens([], "query", truncate=False) == []
+
+
+def test_onnx_engines_run_on_cpu_and_need_their_export(tiny_bert_dir):
+    with pytest.raises(ValueError, match="engine onnx runs on CPU only"):
+        Embedder.from_pretrained(tiny_bert_dir, device="cuda", engine="onnx")
+    with pytest.raises(FileNotFoundError, match="piccolo-embed export"):
+        Embedder.from_pretrained(tiny_bert_dir, engine="onnx-int8")
+    with pytest.raises(ValueError, match="choose one of: torch, torch-bf16, onnx, onnx-int8"):
+        Embedder.from_pretrained(tiny_bert_dir, engine="onnx8")

@@ -41,12 +41,16 @@ class ScriptedModel:
 
     @property
     def tokenizer(self) -> object:
-        """Unused: the tests never send ``truncate=false``."""
+        """Unused: the tests never send ``"long": "mean"``."""
         raise NotImplementedError
 
     def tokenize(self, texts: Sequence[str], role: Role | str | None = None) -> list[list[int]]:
         """One id per character, truncated to the role's limit."""
         return [[ord(char) for char in text[:64]] for text in texts]
+
+    def count_tokens(self, texts: Sequence[str], role: Role | str | None = None, *, truncate: bool = True) -> list[int]:
+        """One token per character, up to the role's limit unless ``truncate`` is off."""
+        return [min(len(text), 64) if truncate else len(text) for text in texts]
 
     def encode_ids(self, ids: Sequence[Sequence[int]], **_: object) -> np.ndarray:
         """Unit vectors; a pass with a ``slow`` or ``stall`` text sleeps first, a ``nan`` text gets a NaN row."""

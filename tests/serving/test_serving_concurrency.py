@@ -107,6 +107,9 @@ class GatedModel:
     def tokenize(self, texts: Sequence[str], role: Role | str | None = None) -> list[list[int]]:
         return self.inner.tokenize(texts, role)
 
+    def count_tokens(self, texts: Sequence[str], role: Role | str | None = None, *, truncate: bool = True) -> list[int]:
+        return self.inner.count_tokens(texts, role, truncate=truncate)
+
     def encode_ids(self, ids: Sequence[Sequence[int]], **kwargs: object) -> np.ndarray:
         self.entered.set()
         self.gate.wait(30)

@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from piccolo_embed.cli.common import load_embedder
+from piccolo_embed.cli.common import embedder_options, load_embedder
 
 if TYPE_CHECKING:
     from piccolo_embed.parallel import EmbedderLoader, EncoderPool, QuietEmbedder
@@ -46,18 +46,6 @@ def wants_pool(args: argparse.Namespace) -> bool:
     return bool(getattr(args, "devices", None)) or (getattr(args, "processes", None) or 1) > 1
 
 
-def loader_options(args: argparse.Namespace) -> dict[str, object]:
-    """``Embedder.from_pretrained`` keyword arguments from the model options, without the device."""
-    return {
-        "roles": args.roles,
-        "precision": args.precision,
-        "batch_size": args.batch_size,
-        "max_batch_tokens": args.max_batch_tokens,
-        "backend": args.backend,
-        "int8": args.int8,
-    }
-
-
 def ray_parts(args: argparse.Namespace, name: str) -> tuple[EmbedderLoader, RayOptions]:
     """The actor loader and cluster options that ``--ray`` and its companions describe."""
     from piccolo_embed.parallel import EmbedderLoader
@@ -74,7 +62,7 @@ def ray_parts(args: argparse.Namespace, name: str) -> tuple[EmbedderLoader, RayO
         gpus_per_actor=args.ray_gpus_per_actor,
         batch_rows=args.shard_size,
     )
-    return EmbedderLoader(args.model, name=name, options=loader_options(args)), options
+    return EmbedderLoader(args.model, name=name, options=embedder_options(args)), options
 
 
 @contextlib.contextmanager
@@ -86,6 +74,6 @@ def open_encoder(args: argparse.Namespace, name: str) -> Iterator[EncoderPool | 
         yield QuietEmbedder(load_embedder(args), name)
         return
     devices = parse_devices(args.devices, args.processes)
-    loader = EmbedderLoader(args.model, name=name, options=loader_options(args))
+    loader = EmbedderLoader(args.model, name=name, options=embedder_options(args))
     with EncoderPool(loader, devices, shard_size=args.shard_size) as pool:
         yield pool

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from piccolo_embed.cli.common import add_model_arguments
+from piccolo_embed.cli.common import add_model_arguments, embedder_options
 from piccolo_embed.cli.index import model_reference
 from piccolo_embed.types import Role, RoleSpec, RoleSpecs
 
@@ -46,14 +46,8 @@ def run(args: argparse.Namespace) -> int:
 
     store = MilvusStore.open(args.store) if args.store else IndexStore.open(args.index)
     recorded = store.state.model if args.store else store.manifest.model
-    embedder = Embedder.from_pretrained(
-        args.model or recorded.name,
-        roles=args.roles or recorded_roles(dict(recorded.roles)),
-        device=args.device,
-        precision=args.precision,
-        batch_size=args.batch_size,
-        max_batch_tokens=args.max_batch_tokens,
-    )
+    options = embedder_options(args) | {"roles": args.roles or recorded_roles(dict(recorded.roles))}
+    embedder = Embedder.from_pretrained(args.model or recorded.name, device=args.device, **options)
     encoder = QuietEmbedder(embedder, model_reference(args.model or recorded.name))
     if args.store:
         params = {key: value for key, value in (("nprobe", args.nprobe), ("ef", args.ef_search)) if value}

@@ -30,6 +30,7 @@ from piccolo_embed.evaluation.tasks import (
     TaskType,
 )
 from piccolo_embed.textfiles import EncodingError, read_utf8, utf8_lines
+from piccolo_embed.types import TaskKind
 
 TASK_FILE = "task.json"
 QRELS_HEADER = ("query-id", "corpus-id", "score")
@@ -155,7 +156,7 @@ def read_spec(folder: Path) -> TaskSpec:
         type=task_type,
         split=row.text("split"),
         main_score=row.text("main_score"),
-        s2p=s2p,
+        kind=TaskKind.S2P if s2p else TaskKind.S2S,
         path=folder,
         n=n,
     )

@@ -61,7 +61,7 @@ class TaskSpec:
         type: Task family; picks the loader and the evaluator.
         split: Name of the evaluated split; its file is ``<split>.jsonl`` (``qrels/<split>.tsv`` for retrieval).
         main_score: Metric reported as the task's score.
-        s2p: Whether the two sides are asymmetric (query vs passage roles) or symmetric (no instruction).
+        kind: Short-to-long (query and passage roles) or short-to-short (no instruction); task.json's ``s2p``.
         path: The task folder.
         n: Declared size of the main test set (rows; queries for reranking/retrieval), checked on load.
     """
@@ -70,14 +70,9 @@ class TaskSpec:
     type: TaskType
     split: str
     main_score: str
-    s2p: bool
+    kind: TaskKind
     path: Path
     n: int | None = None
-
-    @property
-    def kind(self) -> TaskKind:
-        """:attr:`s2p` as the closed choice the rest of the package uses."""
-        return TaskKind.S2P if self.s2p else TaskKind.S2S
 
     @property
     def roles(self) -> tuple[Role, Role]:

@@ -17,16 +17,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from piccolo_embed.hardware import cpu_has_amx
 from piccolo_embed.inference.unpadded import UnpaddedRunner, unpadded_unsupported
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
-
-
-def cpu_has_amx() -> bool:
-    """True when torch reports AMX tiles on this CPU, the case in which CPU bf16 is fast."""
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private, so guard for other torch versions
-    return bool(probe is not None and probe())
 
 
 def _output_to_fp32(_module: torch.nn.Module, _inputs: Any, output: dict[str, Any]) -> dict[str, Any]:

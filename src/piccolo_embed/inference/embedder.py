@@ -13,12 +13,12 @@ from tqdm.auto import tqdm
 
 from piccolo_embed.defaults import BATCH_SIZE, MAX_BATCH_TOKENS
 from piccolo_embed.inference.batching import plan_batches
-from piccolo_embed.inference.runners import BatchRunner, TorchRunner, autocast_dtype, pad_batch
+from piccolo_embed.inference.runners import BatchRunner, TorchRunner, pad_batch
 from piccolo_embed.inference.unpadded import UnpaddedRunner, unpadded_unsupported
 from piccolo_embed.inference.validation import validate_texts
 from piccolo_embed.modeling.loading import load_sentence_transformer, resolve_model_dir, resolve_roles
 from piccolo_embed.modeling.roles_io import save_role_specs
-from piccolo_embed.types import Backend, Device, Precision, Role, RolePreset, RoleSpecs
+from piccolo_embed.types import Device, Engine, Precision, Role, RolePreset, RoleSpecs
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -63,11 +63,11 @@ class Embedder:
         *,
         roles: RoleSpecs | RolePreset | str | None = None,
         device: Device | str = Device.AUTO,
+        engine: Engine | str = Engine.TORCH,
         precision: Precision | str = Precision.AUTO,
         batch_size: int = BATCH_SIZE,
         max_batch_tokens: int = MAX_BATCH_TOKENS,
-        backend: Backend | str = Backend.TORCH,
-        int8: bool = False,
+        runner: BatchRunner | None = None,
     ) -> Self:
         """Load a local directory (HF or sentence-transformers layout), a hub id, or ``"starter"``.
 
@@ -75,35 +75,37 @@ class Embedder:
             spec: Where the model is.
             roles: Override the model's role settings (a :class:`RolePreset` name or explicit specs).
             device: ``auto``, ``cpu`` or ``cuda``.
-            precision: Autocast dtype on CUDA (``auto`` picks bf16 where supported). On CPU ``auto`` and
-                ``fp32`` run fp32; ``bf16`` casts the transformer to bf16, which is fast only on CPUs with
-                AMX (refused elsewhere; see :mod:`piccolo_embed.inference.cpu_bf16`).
+            engine: What runs the forward pass (:class:`Engine`); the ONNX engines run on CPU and need
+                ``piccolo-embed export --model SPEC`` (``--quantize int8`` for ``onnx-int8``) first.
+            precision: For engine ``torch``, as :meth:`Precision.resolve` decides on the device: autocast on
+                CUDA; on CPU fp32, or bf16 weights on CPUs with AMX (see :mod:`piccolo_embed.inference.cpu_bf16`).
             batch_size: Most texts per forward pass.
             max_batch_tokens: Most padded tokens per forward pass.
-            backend: ``torch``, or ``onnx`` (CPU; needs ``piccolo-embed export --model SPEC`` first).
-            int8: With the ONNX backend, run the int8-quantised graph.
+            runner: A runner already built for this model (e.g. by
+                :func:`~piccolo_embed.inference.onnx_runner.onnx_runner` with options of its own); it replaces
+                the one ``engine`` would build.
         """
-        if Backend.parse(backend) is Backend.ONNX:
-            from piccolo_embed.inference.onnx_runner import load_onnx_embedder
-
-            if Device.parse(device) is Device.CUDA:
-                raise ValueError("the onnx backend runs on CPU only; use --backend torch on CUDA")
-            return load_onnx_embedder(
-                spec, quantized=int8, roles=roles, batch_size=batch_size, max_batch_tokens=max_batch_tokens
-            )
-        if int8:
-            raise ValueError("int8 needs the onnx backend (piccolo-embed export --quantize int8)")
+        engine = Engine.parse(engine)
+        torch_precision = engine.precision(Precision.parse(precision))
         model_dir = resolve_model_dir(spec)
+        if engine.onnx:
+            if Device.parse(device) is Device.CUDA:
+                raise ValueError(f"engine {engine.value} runs on CPU only; use engine torch on CUDA")
+            device = Device.CPU
+            if runner is None:  # before the model loads, so that a missing export fails fast
+                from piccolo_embed.inference.onnx_runner import onnx_runner
+
+                runner = onnx_runner(model_dir, quantized=engine is Engine.ONNX_INT8)
         model = load_sentence_transformer(model_dir, device=_resolve_device(Device.parse(device)))
         preset = RolePreset.parse(roles) if isinstance(roles, str) else roles
-        specs = resolve_roles(model_dir, model, preset)
         return cls(
             model,
-            specs,
-            precision=precision,
+            resolve_roles(model_dir, model, preset),
+            precision=torch_precision,
             batch_size=batch_size,
             max_batch_tokens=max_batch_tokens,
             name=str(spec),
+            runner=runner,
         )
 
     def save_pretrained(self, directory: str | Path) -> Path:
@@ -134,19 +136,7 @@ class Embedder:
 
     def tokenize(self, texts: Sequence[str], role: Role | str | None = None) -> list[list[int]]:
         """Token ids with the role's prefix and truncation at the role's max length (special tokens included)."""
-        spec = self.roles[Role.coerce(role)]
-        texts = validate_texts(texts)
-        if not texts:
-            return []
-        encoded = self.tokenizer(
-            [spec.prefix + text for text in texts],
-            truncation=True,
-            max_length=spec.max_length,
-            add_special_tokens=True,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )
-        return encoded["input_ids"]
+        return self._token_ids(texts, role, truncate=True)
 
     def count_tokens(self, texts: Sequence[str], role: Role | str | None = None, *, truncate: bool = True) -> list[int]:
         """Tokens per text as the model sees them: role prefix and special tokens included.
@@ -154,21 +144,25 @@ class Embedder:
         With ``truncate=False`` the count is what the text would need, past the role's max length (what a server
         reports before refusing an over-long input); no warning is logged for such texts.
         """
-        if truncate:
-            return [len(ids) for ids in self.tokenize(texts, role)]
-        prefix = self.roles[Role.coerce(role)].prefix
+        return [len(ids) for ids in self._token_ids(texts, role, truncate=truncate)]
+
+    def _token_ids(self, texts: Sequence[str], role: Role | str | None, *, truncate: bool) -> list[list[int]]:
+        spec = self.roles[Role.coerce(role)]
         texts = validate_texts(texts)
         if not texts:
             return []
+        # Untruncated: no "sequence longer than the model" warning, since finding those texts is the point.
+        limit = (
+            {"truncation": True, "max_length": spec.max_length} if truncate else {"truncation": False, "verbose": False}
+        )
         encoded = self.tokenizer(
-            [prefix + text for text in texts],
+            [spec.prefix + text for text in texts],
             add_special_tokens=True,
-            truncation=False,
-            verbose=False,
             return_attention_mask=False,
             return_token_type_ids=False,
+            **limit,
         )
-        return [len(ids) for ids in encoded["input_ids"]]
+        return encoded["input_ids"]
 
     def encode(
         self,
@@ -233,19 +227,23 @@ class Embedder:
 
 
 def _default_runner(model: SentenceTransformer, precision: Precision) -> BatchRunner:
-    """The fastest exact runner: padding-free fp32 on CPU where the architecture allows, else plain torch.
+    """The fastest exact runner for the precision :meth:`Precision.resolve` picks on the model's device.
 
-    CUDA keeps the padded runner with autocast; an explicit ``bf16`` on CPU gets the AMX bf16-weights runner.
+    CUDA: the padded runner under autocast. CPU: bf16 weights (AMX) for bf16, else the padding-free fp32 runner
+    where the architecture allows it, else the padded one.
     """
-    if precision is Precision.BF16 and model.device.type == "cpu":
+    device = model.device.type
+    resolved = precision.resolve(device)  # refuses fp16 on CPU and bf16 without AMX, with a clear message
+    if device == "cuda":
+        return TorchRunner(model, resolved)
+    if resolved is Precision.BF16:
         from piccolo_embed.inference.cpu_bf16 import CpuBf16Runner
 
         return CpuBf16Runner(model)
-    autocast_dtype(model.device, precision)  # refuses fp16 on CPU with a clear message
-    if (reason := unpadded_unsupported(model)) is None:  # None only on CPU
+    if (reason := unpadded_unsupported(model)) is None:
         return UnpaddedRunner(model)
     log.debug("padded torch runner: %s", reason)
-    return TorchRunner(model, precision)
+    return TorchRunner(model)
 
 
 def _resolve_device(device: Device) -> str:

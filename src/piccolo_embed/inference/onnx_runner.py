@@ -16,8 +16,8 @@ import torch
 from piccolo_embed.defaults import BATCH_SIZE, MAX_BATCH_TOKENS
 from piccolo_embed.inference.embedder import Embedder
 from piccolo_embed.inference.export import DISABLED_SESSION_FUSIONS, default_onnx_dir, read_export
-from piccolo_embed.modeling.loading import load_sentence_transformer, resolve_model_dir, resolve_roles
-from piccolo_embed.types import RolePreset, RoleSpecs
+from piccolo_embed.modeling.loading import resolve_model_dir
+from piccolo_embed.types import Device, Engine, RolePreset, RoleSpecs
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -64,6 +64,25 @@ class OnnxRunner:
         return np.asarray(embeddings, dtype=np.float32)
 
 
+def onnx_runner(
+    model_dir: Path, *, quantized: bool = False, onnx_dir: Path | None = None, threads: int | None = None
+) -> OnnxRunner:
+    """The runner of the engines ``onnx`` (fp32 graph) and ``onnx-int8`` (``quantized``) for ``model_dir``.
+
+    Args:
+        model_dir: The model's local directory; its export must match its current weights.
+        quantized: Use the int8 graph instead of fp32.
+        onnx_dir: Where the export is; default ``MODEL_DIR/onnx``.
+        threads: ONNX Runtime intra-op threads (default: torch's thread count).
+
+    Raises:
+        FileNotFoundError: The export (or its int8 variant) does not exist.
+        ValueError: The export was made from other weights.
+    """
+    export = read_export(onnx_dir or default_onnx_dir(model_dir), model_dir)
+    return OnnxRunner(export.path(quantized=quantized), threads=threads)
+
+
 def load_onnx_embedder(
     spec: str | Path,
     *,
@@ -74,35 +93,18 @@ def load_onnx_embedder(
     onnx_dir: Path | None = None,
     threads: int | None = None,
 ) -> Embedder:
-    """An :class:`Embedder` whose forward passes run on ONNX Runtime (CPU).
+    """:meth:`Embedder.from_pretrained` with engine ``onnx`` or ``onnx-int8``, for an export kept elsewhere.
 
-    The sentence-transformers model is still loaded for its tokenizer, dimension and role prompts; the
-    export must exist (``piccolo-embed export --model SPEC --format onnx [--quantize int8]``) and match
-    the model's current weights.
-
-    Args:
-        spec: Model directory, hub id or ``"starter"``, as for :meth:`Embedder.from_pretrained`.
-        quantized: Use the int8 graph instead of fp32.
-        roles: Override the model's role settings.
-        batch_size: Most texts per forward pass.
-        max_batch_tokens: Most padded tokens per forward pass.
-        onnx_dir: Where the export is; default ``MODEL_DIR/onnx``.
-        threads: ONNX Runtime intra-op threads (default: torch's thread count).
-
-    Raises:
-        FileNotFoundError: The export (or its int8 variant) does not exist.
-        ValueError: The export was made from other weights.
+    ``from_pretrained(spec, engine="onnx")`` is the usual way; this adds the export's location and thread count
+    (``piccolo-embed export --output DIR`` and its check use it).
     """
-    model_dir = resolve_model_dir(spec)
-    export = read_export(onnx_dir or default_onnx_dir(model_dir), model_dir)
-    runner = OnnxRunner(export.path(quantized=quantized), threads=threads)
-    model = load_sentence_transformer(model_dir, device="cpu")
-    preset = RolePreset.parse(roles) if isinstance(roles, str) else roles
-    return Embedder(
-        model,
-        resolve_roles(model_dir, model, preset),
+    runner = onnx_runner(resolve_model_dir(spec), quantized=quantized, onnx_dir=onnx_dir, threads=threads)
+    return Embedder.from_pretrained(
+        spec,
+        roles=roles,
+        device=Device.CPU,
+        engine=Engine.ONNX_INT8 if quantized else Engine.ONNX,
         batch_size=batch_size,
         max_batch_tokens=max_batch_tokens,
-        name=str(spec),
         runner=runner,
     )

@@ -29,11 +29,25 @@ class BatchRunner(Protocol):
 
 
 class TorchRunner:
-    """Runs a sentence-transformers model under ``inference_mode``, with autocast on CUDA only."""
+    """Runs a sentence-transformers model under ``inference_mode``: autocast on CUDA, plain fp32 on CPU.
 
-    def __init__(self, model: SentenceTransformer, precision: Precision | str = Precision.AUTO) -> None:
+    Autocast never runs on CPU: it re-casts every weight on every call; bf16 on CPU goes through
+    :class:`~piccolo_embed.inference.cpu_bf16.CpuBf16Runner`, which casts the weights once.
+
+    Args:
+        model: The model, on the device it runs on.
+        precision: Resolved by :meth:`Precision.resolve` for the model's device.
+
+    Raises:
+        ValueError: The precision resolves to half precision on a CPU.
+    """
+
+    def __init__(self, model: SentenceTransformer, precision: Precision | str = Precision.FP32) -> None:
         self.model = model
-        self.autocast_dtype = autocast_dtype(model.device, Precision.parse(precision))
+        resolved = Precision.parse(precision).resolve(model.device.type)
+        if model.device.type != "cuda" and resolved is not Precision.FP32:
+            raise ValueError(f"the padded torch runner runs fp32 on CPU, not {resolved.value}; bf16 has its own runner")
+        self.autocast_dtype = _AUTOCAST_DTYPES[resolved]
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """Embed one padded batch."""
@@ -52,22 +66,11 @@ class TorchRunner:
         return torch.autocast(device_type=self.model.device.type, dtype=self.autocast_dtype)
 
 
-def autocast_dtype(device: torch.device, precision: Precision) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` on ``device``; ``None`` means plain fp32.
-
-    Autocast never runs on CPU: it re-casts every weight on every call, and bf16 matmul without AMX is far
-    slower than fp32. bf16 on CPU goes through :class:`~piccolo_embed.inference.cpu_bf16.CpuBf16Runner`.
-
-    Raises:
-        ValueError: Half precision was requested on a CPU.
-    """
-    if device.type != "cuda":
-        if precision in (Precision.FP16, Precision.BF16):
-            raise ValueError(f"precision {precision.value} needs CUDA here; on CPU use fp32, or bf16 on a CPU with AMX")
-        return None
-    if precision is Precision.AUTO:
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {Precision.FP32: None, Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}[precision]
+_AUTOCAST_DTYPES: dict[Precision, torch.dtype | None] = {
+    Precision.FP32: None,
+    Precision.FP16: torch.float16,
+    Precision.BF16: torch.bfloat16,
+}
 
 
 def pad_batch(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:

@@ -49,7 +49,7 @@ class EmbedderLoader:
     Attributes:
         model: Model spec (directory, hub id or ``starter``).
         name: Name the encoder reports (recorded in index fingerprints); defaults to ``model``.
-        options: Other ``from_pretrained`` keyword arguments (roles, precision, backend, batch sizes).
+        options: Other ``from_pretrained`` keyword arguments (roles, engine, precision, batch sizes).
     """
 
     model: str

@@ -37,7 +37,6 @@ from piccolo_embed.serving.batcher import (
     InputTooLongError,
     NonFiniteOutputError,
     QueueFullError,
-    TokenCounter,
 )
 from piccolo_embed.serving.errors import ApiError, install_error_handlers
 from piccolo_embed.serving.front import FastRoute, GatedFastAPI, Gatekeeper
@@ -69,26 +68,12 @@ class ServedModel(BatchModel, Protocol):
 
     @property
     def tokenizer(self) -> Any:
-        """A Hugging Face tokenizer (used only by the batcher's worker thread)."""
+        """A Hugging Face fast tokenizer: ``"long": "mean"`` chunks documents with a copy of it."""
         ...
 
-
-def untruncated_counter(model: ServedModel) -> TokenCounter:
-    """Token counts without truncation, for ``truncate=false``; runs on a batcher worker, like the model."""
-
-    def count(texts: Sequence[str], role: Role) -> list[int]:
-        prefix = model.roles[role].prefix
-        encoded = model.tokenizer(
-            [prefix + text for text in texts],
-            add_special_tokens=True,
-            truncation=False,
-            verbose=False,  # no "sequence longer than the model" warning: finding those is the point
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )
-        return [len(ids) for ids in encoded["input_ids"]]
-
-    return count
+    def count_tokens(self, texts: Sequence[str], role: Role | str | None = None, *, truncate: bool = True) -> list[int]:
+        """Tokens per text with the role's prefix; ``truncate=False`` counts past the role's max length."""
+        ...
 
 
 def build_app(model: ServedModel, settings: ServerSettings | None = None, *, fast_routes: bool = True) -> FastAPI:
@@ -108,7 +93,7 @@ def build_app(model: ServedModel, settings: ServerSettings | None = None, *, fas
         max_batch_tokens=settings.max_batch_tokens,
         max_wait_s=settings.max_wait_ms / 1000,
         max_queue_texts=settings.max_queue_texts,
-        count_tokens=untruncated_counter(model),
+        count_tokens=functools.partial(model.count_tokens, truncate=False),  # runs on the worker, like the model
         observer=metrics,
     )
 

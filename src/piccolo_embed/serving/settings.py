@@ -6,6 +6,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, fields
 
+from piccolo_embed.defaults import BATCH_SIZE, MAX_BATCH_TOKENS
 from piccolo_embed.types import Role
 
 API_KEY_ENV = "PICCOLO_EMBED_API_KEY"
@@ -48,8 +49,8 @@ class ServerSettings:
     max_inputs_per_request: int = 256
     max_chars_per_text: int = 8192
     max_request_bytes: int = 8 * 1024 * 1024
-    max_batch_size: int = 64
-    max_batch_tokens: int = 16384
+    max_batch_size: int = BATCH_SIZE
+    max_batch_tokens: int = MAX_BATCH_TOKENS
     max_wait_ms: float = 5.0
     max_queue_texts: int = 4096
     request_timeout_s: float = 60.0

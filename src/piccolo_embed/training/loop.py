@@ -29,7 +29,7 @@ from transformers import get_scheduler
 
 from piccolo_embed import distributed
 from piccolo_embed.atomic import write_text_atomic
-from piccolo_embed.inference.cpu_bf16 import cpu_has_amx
+from piccolo_embed.hardware import cpu_has_amx
 from piccolo_embed.training.checkpoint import (
     CHECKPOINTS,
     CheckpointError,
@@ -124,28 +124,13 @@ def make_accelerator(
 
 
 def mixed_precision(precision: Precision, *, cuda: bool, amx: bool) -> str:
-    """Accelerate's ``mixed_precision`` for a requested training precision; weights and AdamW stay fp32.
-
-    bf16 autocast on CPU pays only with AMX tiles (oneDNN's bf16 matmuls); without them bf16 is emulated and
-    slower than fp32, so it is refused rather than silently slow. ``auto`` picks the fast choice of the machine.
+    """Accelerate's ``mixed_precision`` for what :meth:`Precision.resolve` picks; weights and AdamW stay fp32.
 
     Raises:
         ValueError: fp16 without CUDA, or bf16 on a CPU without AMX.
     """
-    if cuda:
-        if precision is Precision.AUTO:
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return {Precision.FP32: "no", Precision.FP16: "fp16", Precision.BF16: "bf16"}[precision]
-    if precision is Precision.FP16:
-        raise ValueError("training.precision fp16 needs CUDA; on CPU use fp32, or bf16 on a CPU with AMX")
-    if precision is Precision.BF16 and not amx:
-        raise ValueError(
-            "training.precision bf16 on CPU needs AMX (Intel Sapphire Rapids or later), which this CPU lacks: "
-            "bf16 would be slower than fp32 here; use fp32"
-        )
-    if precision is Precision.AUTO:
-        return "bf16" if amx else "no"
-    return "bf16" if precision is Precision.BF16 else "no"
+    resolved = precision.resolve("cuda" if cuda else "cpu", fast_bf16=None if cuda else amx)
+    return {Precision.FP32: "no", Precision.FP16: "fp16", Precision.BF16: "bf16"}[resolved]
 
 
 def fit(
