@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import threading
@@ -134,3 +135,34 @@ def serve_app() -> Any:
     """``with serve_app(app) as base_url:`` runs a FastAPI app on loopback for the block (shared by server tests)."""
     pytest.importorskip("uvicorn")
     return _serve_in_thread
+
+
+class SyncLog(list):
+    """The ``("fsync", path)`` and ``("rename", "src -> dst")`` events of a test, in order."""
+
+    def assert_published(self, path: Path) -> None:
+        """``path`` was renamed into place from a synced file, and its directory synced afterwards."""
+        renames = [i for i, (kind, what) in enumerate(self) if kind == "rename" and what.endswith(f"-> {path}")]
+        assert renames, f"{path.name} was not renamed into place"
+        tmp = self[renames[-1]][1].split(" -> ")[0]
+        assert ("fsync", tmp) in self[: renames[-1]], f"{path.name} was not synced before its rename"
+        assert ("fsync", str(path.parent)) in self[renames[-1] :], f"the directory was not synced after {path.name}"
+
+
+@pytest.fixture
+def sync_log(monkeypatch: pytest.MonkeyPatch) -> SyncLog:
+    """Record every ``os.fsync`` (as the synced path) and ``Path.replace`` of the test."""
+    events = SyncLog()
+    real_fsync, real_replace = os.fsync, Path.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", str(Path(f"/proc/self/fd/{fd}").readlink())))
+        real_fsync(fd)
+
+    def replace(self: Path, target: Path) -> Path:
+        events.append(("rename", f"{self} -> {target}"))
+        return real_replace(self, target)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(Path, "replace", replace)
+    return events

@@ -40,6 +40,15 @@ def test_encode_bad_jsonl_line_names_file_and_line(tiny_bert_dir, tmp_path, caps
     assert not out.exists()
 
 
+def test_encode_input_that_is_not_utf8_names_file_and_line(tiny_bert_dir, tmp_path, capsys):
+    source = tmp_path / "in.txt"
+    source.write_bytes("好\n".encode() + b"\xfe\n")
+    code = main(["encode", "--model", str(tiny_bert_dir), "--input", str(source), "--output", str(tmp_path / "o.npy")])
+    assert code == 2
+    assert "in.txt:2: not valid UTF-8 at byte 1" in capsys.readouterr().err
+    assert not (tmp_path / "o.npy").exists()
+
+
 def test_encode_missing_model_is_one_line_error(tmp_path, capsys):
     source = tmp_path / "in.txt"
     source.write_text("好\n", encoding="utf-8")

@@ -2,6 +2,10 @@
 
 Each helper writes to a temporary name beside the target, fsyncs the data, renames, then fsyncs the parent
 directory so the rename itself survives a power cut (``os.replace`` alone only orders it in the page cache).
+
+Every temporary name is :func:`staging_prefix` plus a random tag: it names this host and process, so a later
+write in the same directory can tell the leftovers of a killed writer (:func:`remove_stale_staging`) from the
+staging of one still running.
 """
 
 from __future__ import annotations
@@ -10,12 +14,22 @@ import contextlib
 import ctypes
 import errno
 import json
+import logging
 import os
+import re
+import secrets
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
+
+log = logging.getLogger(__name__)
+
+_HOST = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())
+# ``.<target>.tmp-<host>-<pid>-<8 random chars>[suffix]``; the random part as mkdtemp and token_hex make it.
+_STAGING_NAME = re.compile(r"\..+\.tmp-(?P<host>[A-Za-z0-9._-]+)-(?P<pid>\d+)-[a-z0-9_]{8}(?:\.[A-Za-z0-9.]+)?")
 
 
 def fsync_dir(directory: Path) -> None:
@@ -45,13 +59,51 @@ def publish_file(tmp: Path, path: Path) -> None:
     fsync_dir(path.parent)
 
 
+def staging_prefix(target: Path) -> str:
+    """The start of the hidden temporary names for ``target``: ``.<name>.tmp-<host>-<pid>-``."""
+    return f".{target.name}.tmp-{_HOST}-{os.getpid()}-"
+
+
+def remove_stale_staging(directory: Path) -> list[Path]:
+    """Remove the temporary files and directories in ``directory`` that writers killed mid-save left behind.
+
+    Only names of :func:`staging_prefix`'s form count, and only those of a process of this host that no longer
+    exists: a live writer's staging (or a writer's on another host sharing the file system) is left alone. A
+    recycled pid makes a leftover look live, which errs on the side of keeping it.
+    """
+    removed = []
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        for entry in sorted(directory.iterdir()):
+            match = _STAGING_NAME.fullmatch(entry.name)
+            if match is None or match["host"] != _HOST or _alive(int(match["pid"])):
+                continue
+            _remove(entry, missing_ok=True)  # a concurrent sweeper may have taken it first
+            log.info("removed %s: staging left by process %s, which is gone (a killed save)", entry, match["pid"])
+            removed.append(entry)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def staged_file(path: Path, mode: str = "w", suffix: str = ".tmp") -> Iterator[IO]:
-    """``path`` opened in ``mode`` under a temporary name; synced and renamed on success, removed on failure."""
+    """``path`` opened in ``mode`` under a temporary name; synced and renamed on success, removed on failure.
+
+    Stale temporary files beside ``path`` are removed first (:func:`remove_stale_staging`).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{suffix}")
+    remove_stale_staging(path.parent)
+    tmp = path.with_name(f"{staging_prefix(path)}{secrets.token_hex(4)}{suffix}")
     try:
-        with tmp.open(mode, encoding=None if "b" in mode else "utf-8") as handle:
+        with tmp.open(mode.replace("w", "x"), encoding=None if "b" in mode else "utf-8") as handle:
             yield handle
         publish_file(tmp, path)
     except BaseException:
@@ -61,20 +113,8 @@ def staged_file(path: Path, mode: str = "w", suffix: str = ".tmp") -> Iterator[I
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a synced temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.chmod(0o644)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    with staged_file(path, "wb") as handle:
+        handle.write(data)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -89,9 +129,13 @@ def write_json_atomic(path: Path, payload: object) -> None:
 
 @contextlib.contextmanager
 def staging_dir(target: Path) -> Iterator[Path]:
-    """A fresh temporary directory beside ``target``, removed afterwards unless its content was moved away."""
+    """A fresh temporary directory beside ``target``, removed afterwards unless its content was moved away.
+
+    Stale staging beside ``target`` (a killed writer's, see :func:`remove_stale_staging`) is removed first.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    remove_stale_staging(target.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=staging_prefix(target), dir=target.parent))
     try:
         yield tmp
     finally:
@@ -161,9 +205,9 @@ def move_files_into(tmp: Path, target: Path, *, last: Iterable[str] = ()) -> Non
     fsync_dir(target)
 
 
-def _remove(path: Path) -> None:
+def _remove(path: Path, *, missing_ok: bool = False) -> None:
     if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
+        shutil.rmtree(path, ignore_errors=missing_ok)
     else:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()

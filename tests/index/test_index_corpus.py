@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from piccolo_embed.data.records import RecordError
+from piccolo_embed.errors import EncodingError
 from piccolo_embed.index import Passage, read_corpus
 
 
@@ -65,3 +66,10 @@ def test_bad_lines_name_file_line_and_field(tmp_path, line, field):
         list(read_corpus(path))
     assert (info.value.line, info.value.field) == (2, field)
     assert str(path) in str(info.value)
+
+
+def test_a_line_that_is_not_utf8_names_file_and_line(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(b'{"_id": "d1", "text": "ok"}\n{"_id": "d2", "text": "\xff"}\n')
+    with pytest.raises(EncodingError, match=r"c\.jsonl:2: not valid UTF-8 at byte 24"):
+        list(read_corpus(path))

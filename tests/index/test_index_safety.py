@@ -2,7 +2,6 @@
 
 import contextlib
 import json
-import os
 import zlib
 from pathlib import Path
 
@@ -262,31 +261,14 @@ def test_an_empty_query_is_an_error(index_dir):
 # --- durability: every file an index publishes is synced, renamed into place, and its directory synced ---
 
 
-def test_probes_manifest_and_ann_file_are_written_atomically_with_fsync(tmp_path, monkeypatch):
-    events: list[tuple[str, str]] = []
-    real_fsync, real_replace = os.fsync, Path.replace
-
-    def fsync(fd):
-        events.append(("fsync", str(Path(f"/proc/self/fd/{fd}").readlink())))
-        return real_fsync(fd)
-
-    def replace(self, target):
-        events.append(("rename", f"{self} -> {target}"))
-        return real_replace(self, target)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(Path, "replace", replace)
+def test_probes_manifest_and_ann_file_are_written_atomically_with_fsync(tmp_path, sync_log):
     idx = (tmp_path / "idx").resolve()
     build_index(HashEncoder(), write_corpus(tmp_path / "a.jsonl", range(6)), idx, index_type="hnsw", chunk_size=3)
     for name in ("probes.npy", "manifest.json", "ann-1.faiss", "checkpoint.json"):
-        renames = [i for i, (kind, what) in enumerate(events) if kind == "rename" and what.endswith(f"-> {idx / name}")]
-        assert renames, f"{name} was not renamed into place"
-        tmp = events[renames[0]][1].split(" -> ")[0]
-        assert ("fsync", tmp) in events[: renames[0]], f"{name} was not synced before its rename"
-        assert ("fsync", str(idx)) in events[renames[0] :], f"the directory was not synced after {name}"
-    checkpoint = next(i for i, (kind, what) in enumerate(events) if kind == "rename" and "checkpoint" in what)
+        sync_log.assert_published(idx / name)
+    checkpoint = next(i for i, (kind, what) in enumerate(sync_log) if kind == "rename" and "checkpoint" in what)
     for name in ("embeddings.f32", "texts.jsonl", "offsets.u64"):
-        assert ("fsync", str(idx / name)) in events[:checkpoint], f"{name} was not synced before the checkpoint"
+        assert ("fsync", str(idx / name)) in sync_log[:checkpoint], f"{name} was not synced before the checkpoint"
 
 
 def test_encode_refuses_nan_output_and_writes_nothing(tmp_path, monkeypatch, capsys):

@@ -4,12 +4,26 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType
 
-from piccolo_embed.training.checkpoint import RECORD, checkpoints, intact_checkpoints
+from piccolo_embed.atomic import staging_prefix
+from piccolo_embed.errors import CheckpointError
+from piccolo_embed.training.checkpoint import (
+    RECORD,
+    TrainingObjects,
+    checkpoints,
+    intact_checkpoints,
+    load_checkpoint,
+)
 from piccolo_embed.training.resume import check_resume_config, config_changes
 from piccolo_embed.training.run import train_from_config
 
@@ -98,3 +112,56 @@ def test_resume_with_a_changed_learning_rate_is_refused_before_training(make_con
     with pytest.raises(ValueError, match=r"training\.learning_rate"):
         train_from_config(make_config(max_steps=3, save_every=2, learning_rate=2e-3), resume=True)
     assert [p.name for p in checkpoints(output)] == ["step-00000002"]
+
+
+def test_a_deepspeed_checkpoint_is_refused_without_unpickling_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DeepSpeed's and accelerate's files are pickles: load_checkpoint must refuse them, not load them.
+
+    DeepSpeed need not be installed: a real CPU ``Accelerator`` that reports DeepSpeed takes accelerate's own
+    loading path, which unpickles the registered objects' ``custom_checkpoint_*.pkl`` (the scheduler, in a run).
+    """
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    accelerator = Accelerator(cpu=True)
+    monkeypatch.setattr(Accelerator, "distributed_type", property(lambda _: DistributedType.DEEPSPEED))
+    accelerator.register_for_checkpointing(scheduler)
+    path = tmp_path / "checkpoints" / "step-00000002"
+    path.mkdir(parents=True)
+    marker = tmp_path / "pwned"
+    for name in ("custom_checkpoint_0.pkl", "random_states_0.pkl", "rng-0.pt"):
+        torch.save(_Payload(marker), path / name)  # torch's own format, as accelerate writes them
+    with pytest.raises(CheckpointError) as refused:
+        load_checkpoint(accelerator, TrainingObjects(model, optimizer, scheduler), path)
+    assert not marker.exists()
+    assert re.search(r"DeepSpeed.*pickle.*--overwrite", str(refused.value), re.DOTALL)
+
+
+def test_resume_of_a_deepspeed_run_is_refused_before_anything_loads(make_config) -> None:
+    with pytest.raises(CheckpointError, match=r"--resume: a DeepSpeed checkpoint is not resumed"):
+        train_from_config(make_config(deepspeed="ds_config.json"), resume=True)
+
+
+def _dead_writers_staging(target: Path) -> Path:
+    """The staging name a killed writer of ``target`` would have left (its pid is that of an exited process)."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    path = target.with_name(staging_prefix(target).replace(f"-{os.getpid()}-", f"-{gone.pid}-") + "abcd1234")
+    path.mkdir()
+    return path
+
+
+def test_a_resumed_run_removes_what_killed_saves_left(make_config, caplog: pytest.LogCaptureFixture) -> None:
+    config = make_config(max_steps=5, save_every=2)
+    output = train_from_config(config)
+    (checkpoints(output)[-1] / RECORD).unlink()  # the save at step 4 was killed, and one at step 3 earlier
+    (output / "checkpoints" / "step-00000003").mkdir()
+    litter = [_dead_writers_staging(output), _dead_writers_staging(output / "best")]
+    with caplog.at_level(logging.INFO):
+        train_from_config(config, resume=True)
+    assert not any(path.exists() for path in litter)
+    assert all(f"removed {path}: staging left by process" in caplog.text for path in litter)
+    assert sorted(path.name for path in (output / "checkpoints").iterdir()) == ["step-00000002", "step-00000004"]
+    assert "step-00000003: a checkpoint save that was interrupted" in caplog.text

@@ -103,3 +103,14 @@ def test_training_data_that_is_not_utf8_names_file_and_line(pairs_file: Path) ->
     pairs_file.write_bytes(b"".join(lines))
     with pytest.raises(RecordError, match=r"pairs\.jsonl:5: .*not valid UTF-8"):
         list(read_records(pairs_file, "triplet"))
+
+
+def test_the_model_config_and_checkpoints_are_synced_before_their_rename(make_config, sync_log) -> None:
+    output = train_from_config(make_config(max_steps=3, save_every=2)).resolve()
+    for name in ("model.safetensors", "config.json", "piccolo_embed.json", "train_config.json"):
+        sync_log.assert_published(output / name)
+    checkpoint = output / "checkpoints" / "step-00000002"
+    sync_log.assert_published(checkpoint / "checkpoint.json")
+    recorded = next(i for i, (kind, what) in enumerate(sync_log) if what.endswith(f"-> {checkpoint}/checkpoint.json"))
+    for path in checkpoint.iterdir():
+        assert path.name == "checkpoint.json" or ("fsync", str(path)) in sync_log[:recorded], path.name

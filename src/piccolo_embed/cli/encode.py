@@ -17,6 +17,7 @@ from piccolo_embed.chunking import Chunker, LongMode, embed_long
 from piccolo_embed.cli.common import add_model_arguments
 from piccolo_embed.cli.long import add_chunk_arguments, chunk_options, given_chunk_options, tokenized_model
 from piccolo_embed.cli.scale import add_scale_arguments, open_encoder, ray_parts
+from piccolo_embed.textfiles import utf8_lines
 from piccolo_embed.types import Role
 
 if TYPE_CHECKING:
@@ -56,24 +57,24 @@ def iter_texts(path: Path, field: str = "text") -> Iterator[str]:
     """Yield texts from a .txt file (every line, kept as is) or a .jsonl file (``field`` of each object).
 
     Raises:
-        ValueError: A .jsonl line is not an object with a string ``field``; names the file and line.
+        ValueError: A .jsonl line is not an object with a string ``field``, or a line is not UTF-8
+            (:class:`~piccolo_embed.errors.EncodingError`); names the file and line.
     """
     is_jsonl = path.suffix.lower() in (".jsonl", ".json")
-    with path.open(encoding="utf-8") as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            line = raw.rstrip("\r\n")
-            if not is_jsonl:
-                yield line
-                continue
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{line_no}: invalid JSON ({err.msg})") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get(field), str):
-                raise ValueError(f"{path}:{line_no}: field {field!r} must be a string")
-            yield obj[field]
+    for line_no, raw in utf8_lines(path):
+        line = raw.rstrip("\r\n")
+        if not is_jsonl:
+            yield line
+            continue
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{line_no}: invalid JSON ({err.msg})") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get(field), str):
+            raise ValueError(f"{path}:{line_no}: field {field!r} must be a string")
+        yield obj[field]
 
 
 def chunks(items: Iterator[str], size: int) -> Iterator[list[str]]:

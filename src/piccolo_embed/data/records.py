@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from piccolo_embed.atomic import staged_file
 from piccolo_embed.errors import RecordError
 from piccolo_embed.types import HelpfulEnum
 
@@ -161,24 +160,9 @@ def _decode(data: bytes, path: Path, line_no: int) -> str:
 
 def write_records(path: str | Path, records: Iterable[Record]) -> int:
     """Write records as JSONL atomically (temporary file, then rename); return how many were written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     count = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for record in records:
-                handle.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
-                count += 1
-        Path(tmp).chmod(0o666 & ~_current_umask())  # mkstemp creates 0600; give the file normal permissions
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with staged_file(Path(path)) as handle:
+        for record in records:
+            handle.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
+            count += 1
     return count
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

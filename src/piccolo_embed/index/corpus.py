@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from piccolo_embed.data.records import RecordError
+from piccolo_embed.textfiles import utf8_lines
 
 ID_FIELDS = ("_id", "id")
 
@@ -91,14 +92,14 @@ def read_corpus(path: str | Path, *, start_line: int = 0) -> Iterator[Passage]:
 
     Raises:
         RecordError: On the first malformed line.
+        EncodingError: On the first line that is not UTF-8.
     """
     path = Path(path)
-    with path.open(encoding="utf-8") as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            if line_no <= start_line or not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as err:
-                raise RecordError(path, line_no, "<json>", f"invalid JSON ({err.msg})") from err
-            yield parse_passage(obj, path, line_no)
+    for line_no, raw in utf8_lines(path):
+        if line_no <= start_line or not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as err:
+            raise RecordError(path, line_no, "<json>", f"invalid JSON ({err.msg})") from err
+        yield parse_passage(obj, path, line_no)

@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from piccolo_embed.atomic import staging_dir, staging_prefix
 from piccolo_embed.defaults import cache_root
 from piccolo_embed.starter.e5s1 import read_e5s1
 from piccolo_embed.starter.tokenizer import MAX_LENGTH, write_tokenizer
@@ -86,25 +87,11 @@ def ensure_starter(cache_dir: str | Path | None = None, *, progress: bool = True
     target = starter_dir(cache_dir)
     if is_complete(target):
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned(target.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{STARTER_NAME}.tmp-", dir=target.parent))
-    try:
+    with staging_dir(target) as tmp:  # also removes the staging a killed conversion left
         convert(bundled_model_path(), tmp, progress=progress)
         _make_shareable(tmp)
         _publish(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-def _remove_abandoned(parent: Path, max_age_s: float = 6 * 3600) -> None:
-    """Delete temporary conversions left by killed runs; a live one is far younger than ``max_age_s``."""
-    now = time.time()
-    for path in parent.glob(f".{STARTER_NAME}.*-*"):
-        with contextlib.suppress(OSError):
-            if path.is_dir() and now - path.stat().st_mtime > max_age_s:
-                shutil.rmtree(path, ignore_errors=True)
 
 
 def _make_shareable(directory: Path) -> None:
@@ -123,7 +110,7 @@ def _publish(tmp: Path, target: Path) -> None:
         if is_complete(target):  # a concurrent conversion finished first: keep theirs
             return
     # ``target`` exists without a marker (e.g. left by hand): move it aside, then retry once.
-    stale = Path(tempfile.mkdtemp(prefix=f".{STARTER_NAME}.stale-", dir=target.parent))
+    stale = Path(tempfile.mkdtemp(prefix=staging_prefix(target), dir=target.parent))
     try:
         with contextlib.suppress(FileNotFoundError):
             target.replace(stale / "old")

@@ -5,8 +5,11 @@ Why not ``accelerator.save_state``: it pickles the RNG states and custom objects
 only what loads without unpickling: the model as safetensors, optimizer/scheduler/scaler and RNG states as plain
 tensors and numbers (read with ``torch.load(weights_only=True)``), and ``checkpoint.json`` (step, sampler position,
 the run's config and every file's size). ``checkpoint.json`` is written last, after every file is synced, so a
-run killed mid-save leaves a directory that :func:`checkpoints` ignores. DeepSpeed runs keep accelerate's format
-(DeepSpeed's engine writes its own, pickled, files): resume those only from directories you trust.
+run killed mid-save leaves a directory that :func:`checkpoints` ignores.
+
+DeepSpeed runs save accelerate's format, since DeepSpeed's engine writes its own (partitioned, pickled) files; such
+a checkpoint is never resumed (:data:`DEEPSPEED_REFUSAL`): a weights-only load of DeepSpeed's files would need
+DeepSpeed's own classes allowed, which cannot be checked without DeepSpeed, and its loader unpickles them anyway.
 """
 
 from __future__ import annotations
@@ -40,6 +43,12 @@ RECORD = "checkpoint.json"
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "training_state.pt"
 FORMAT_VERSION = 2
+DEEPSPEED_REFUSAL = (
+    "a DeepSpeed checkpoint is not resumed: DeepSpeed and accelerate save it as pickles, and loading a pickle runs "
+    "whatever code a crafted file in the directory holds. Start the run afresh (--overwrite), or train without "
+    "training.deepspeed, whose checkpoints hold no pickles and resume safely. To keep the weights of a checkpoint "
+    "you made yourself, convert them with DeepSpeed's zero_to_fp32.py and start a new run from the result"
+)
 
 
 def checkpoints(output_dir: Path) -> list[Path]:
@@ -75,6 +84,17 @@ def read_record(path: Path) -> dict[str, Any]:
         except Exception as err:  # safetensors raises its own SafetensorError, not an OSError
             raise CheckpointError(f"{path / MODEL_FILE}: not readable as safetensors ({err})") from err
     return record
+
+
+def _remove_unfinished(output_dir: Path) -> None:
+    """Remove the checkpoint directories without a record: saves that a kill interrupted.
+
+    Called once the current save is recorded, so every unrecorded one is a save that no process is writing.
+    """
+    for path in (output_dir / CHECKPOINTS).glob(f"{PREFIX}*"):
+        if not (path / RECORD).is_file():
+            shutil.rmtree(path, ignore_errors=True)
+            log.info("removed %s: a checkpoint save that was interrupted", path)
 
 
 def intact_checkpoints(output_dir: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
@@ -117,6 +137,7 @@ def save_checkpoint(
         write_json_atomic(path / RECORD, record)
         for old in checkpoints(output_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
+        _remove_unfinished(output_dir)
     accelerator.wait_for_everyone()
     return path
 
@@ -125,14 +146,14 @@ def load_checkpoint(accelerator: Accelerator, objects: TrainingObjects, path: Pa
     """Restore what :func:`save_checkpoint` wrote, without unpickling anything but tensors and plain values.
 
     Raises:
-        CheckpointError: A file is missing, corrupt, or holds anything but tensors and plain values.
+        CheckpointError: A file is missing, corrupt, or holds anything but tensors and plain values; or the run
+            uses DeepSpeed, whose checkpoints are pickles (:data:`DEEPSPEED_REFUSAL`).
     """
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise CheckpointError(f"{path}: {DEEPSPEED_REFUSAL}")
     try:
-        if accelerator.distributed_type == DistributedType.DEEPSPEED:
-            accelerator.load_state(str(path))
-        else:
-            load_model(accelerator.unwrap_model(objects.model), str(path / MODEL_FILE), strict=True)
-            objects.load_state_dict(accelerator, torch.load(path / STATE_FILE, map_location="cpu", weights_only=True))
+        load_model(accelerator.unwrap_model(objects.model), str(path / MODEL_FILE), strict=True)
+        objects.load_state_dict(accelerator, torch.load(path / STATE_FILE, map_location="cpu", weights_only=True))
         _set_rng_state(torch.load(path / f"rng-{distributed.rank()}.pt", weights_only=True))
     except Exception as err:  # safetensors, the unpickler and load_state_dict each raise their own types
         raise CheckpointError(f"{path}: cannot be restored ({type(err).__name__}: {err})") from err

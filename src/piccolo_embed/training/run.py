@@ -12,7 +12,13 @@ import torch
 from accelerate.utils import set_seed
 
 from piccolo_embed import distributed
-from piccolo_embed.atomic import move_files_into, replace_dir, staging_dir, write_json_atomic
+from piccolo_embed.atomic import (
+    move_files_into,
+    remove_stale_staging,
+    replace_dir,
+    staging_dir,
+    write_json_atomic,
+)
 from piccolo_embed.data.collator import RoleAwareCollator
 from piccolo_embed.data.records import OnError, RecordKind
 from piccolo_embed.data.sampler import OneDatasetBatchSampler
@@ -23,11 +29,12 @@ from piccolo_embed.data.sources import (
     load_sources,
     resolve_data_file,
 )
+from piccolo_embed.errors import CheckpointError
 from piccolo_embed.inference.embedder import Embedder
 from piccolo_embed.losses import build_hybrid_loss
 from piccolo_embed.modeling.loading import load_sentence_transformer, resolve_model_dir
 from piccolo_embed.modeling.trim import read_trim_map, restore_vocabulary
-from piccolo_embed.training.checkpoint import CHECKPOINTS, checkpoints, intact_checkpoints
+from piccolo_embed.training.checkpoint import CHECKPOINTS, DEEPSPEED_REFUSAL, checkpoints, intact_checkpoints
 from piccolo_embed.training.dev_eval import BEST_FILE, DevEvaluator
 from piccolo_embed.training.loop import LOG_FILE, LoopOptions, fit, make_accelerator
 from piccolo_embed.training.resume import check_resume_config
@@ -155,7 +162,13 @@ def train_from_config(
 
 
 def _check_resume(output_dir: Path, config: RunConfig, allow_changes: Collection[str]) -> None:
-    """Compare ``config`` with the newest intact checkpoint's, before any data or model is loaded."""
+    """Compare ``config`` with the newest intact checkpoint's, before any data or model is loaded.
+
+    A DeepSpeed run is refused here already (``load_checkpoint`` would refuse each checkpoint in turn): the
+    config must equal the checkpoint's, so a resumable DeepSpeed checkpoint means a DeepSpeed config now.
+    """
+    if config.training.deepspeed:
+        raise CheckpointError(f"--resume: {DEEPSPEED_REFUSAL}")
     newest = next(intact_checkpoints(output_dir), None)
     if newest is None:
         raise FileNotFoundError(f"--resume: no checkpoint to resume from under {output_dir / CHECKPOINTS}")
@@ -215,7 +228,8 @@ def _prepare_output_dir(output_dir: Path, *, resume: bool, overwrite: bool) -> N
     """Refuse to replace an earlier run silently; a fresh run starts its own log and best score.
 
     With ``overwrite`` the old checkpoints go now (a resume must not mix runs), while the old model stays until
-    the new one replaces it at the end of training.
+    the new one replaces it at the end of training. Staging that a killed save left (of the final model, of
+    ``best/``, of ``trimmed-base``) is removed now, rather than when the same save comes round again.
     """
     if not resume and not overwrite:
         if checkpoints(output_dir):
@@ -231,6 +245,8 @@ def _prepare_output_dir(output_dir: Path, *, resume: bool, overwrite: bool) -> N
     if not distributed.is_main():
         return
     output_dir.mkdir(parents=True, exist_ok=True)
+    for directory in (output_dir.parent, output_dir):
+        remove_stale_staging(directory)
     if not resume:
         shutil.rmtree(output_dir / CHECKPOINTS, ignore_errors=True)
         for name in (LOG_FILE, BEST_FILE):
