@@ -62,6 +62,8 @@ def test_defaults_and_types() -> None:
         ({"loss": {"label_weight": -1}}, r"loss.label_weight: must be >= 0"),
         ({"loss": {"mini_batch_size": 0}}, r"loss.mini_batch_size: must be >= 1"),
         ({"training": {"output_dir": "o", "max_steps": 0}}, r"training.max_steps: must be >= 1"),
+        ({"training": {"output_dir": "o", "warmup_steps": -1}}, r"training.warmup_steps: must be >= 0"),
+        ({"training": {"output_dir": "o", "weight_decay": -0.01}}, r"training.weight_decay: must be >= 0"),
         ({"data": {"datasets": [{"file": "a", "cap": 0}]}}, r"data.datasets\[0\].cap: must be >= 1"),
         ({"loss": {"label_temperature": 0}}, r"loss.label_temperature: must be > 0"),
         ({"data": {"datasets": [{"file": "a", "num_negatives": -1}]}}, r"data.datasets\[0\].num_negatives: must be"),

@@ -336,6 +336,8 @@ def _check_ranges(config: RunConfig) -> None:
         (any(d < 1 for d in config.loss.matryoshka_dims), "loss.matryoshka_dims", "must be positive"),
         (config.training.batch_size < 1, "training.batch_size", "must be >= 1"),
         (config.training.learning_rate <= 0, "training.learning_rate", "must be > 0"),
+        (config.training.warmup_steps < 0, "training.warmup_steps", "must be >= 0"),
+        (config.training.weight_decay < 0, "training.weight_decay", "must be >= 0"),
         (config.training.epochs < 1, "training.epochs", "must be >= 1"),
         (_below(config.training.max_steps, 1), "training.max_steps", "must be >= 1"),
         (config.training.log_every < 1, "training.log_every", "must be >= 1"),
