@@ -1,15 +1,20 @@
 """Texts/s of one process, of 1..N worker processes and of Ray with 1..N local actors, on the same corpus.
 
 Every configuration encodes the same synthetic Chinese passages (16-160 characters, mixed lengths) with
-the passage role, after a warm-up, and is timed end to end from "texts in hand" to "vectors in input order"
-(model loading and worker start-up are reported separately: they are paid once per run, not per text).
-Scaling ratios are against the 1-worker run of the same kind. With ``--mine-memory N`` it instead mines
-hard negatives for 2,000 queries against an N-passage corpus with ``--processes 2`` and reports the peak
-resident memory of the main process and of each worker.
+the passage role and prints its row as soon as it is measured. In-process and worker-pool rows time a
+warm encode of all texts, from "texts in hand" to "vectors in input order"; their start-up column is model
+loading and worker start. A Ray row reads the corpus file as ``index --ray`` does: its start-up column is the
+wait for the first block (actor start, model load, one block), its texts/s is over the remaining rows;
+``ray.init`` is timed once and printed on its own line. Scaling ratios are against the 1-worker row of the
+same kind; each Ray actor reserves cores // actors CPUs (its torch threads), as the pool splits threads.
+
+With ``--mine-memory N`` it instead mines hard negatives for 2,000 queries against an N-passage corpus with
+``--processes 2`` and reports the peak resident memory of the main process and of each worker.
 
 Usage::
 
     python benchmarks/scale_encode.py                        # starter model, 2,000 texts, 1 and 2 workers
+    python benchmarks/scale_encode.py --texts 384 --block 32  # a short run
     python benchmarks/scale_encode.py --model tiny --texts 20000 --workers 1 2 4 --devices cuda:0 cuda:1
     python benchmarks/scale_encode.py --model tiny --mine-memory 200000
 """
@@ -17,6 +22,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -25,6 +31,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -46,73 +54,86 @@ def timed(encode, texts: list[str]) -> float:
     return len(texts) / elapsed
 
 
-def run_local(model: str, texts: list[str], workers: list[int], devices: list[str] | None) -> list[dict]:
+class Table:
+    """Prints each configuration's row the moment it is measured, with its ratio to the 1-worker row of its kind."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+        print(f"{'kind':<11} {'workers':>7} {'threads':>7} {'texts/s':>9} {'vs 1':>6} {'start s':>8}", flush=True)
+
+    def add(self, kind: str, workers: int, threads: int, texts_per_s: float, startup_s: float) -> None:
+        base = next((r["texts_per_s"] for r in self.rows if r["kind"] == kind and r["workers"] == 1), texts_per_s)
+        row = {"kind": kind, "workers": workers, "threads": threads, "texts_per_s": texts_per_s}
+        row |= {"scaling": texts_per_s / base, "startup_s": startup_s}
+        self.rows.append(row)
+        print(
+            f"{kind:<11} {workers:>7} {threads:>7} {texts_per_s:>9.1f} {row['scaling']:>6.2f} {startup_s:>8.1f}",
+            flush=True,
+        )
+
+
+def run_local(model: str, texts: list[str], workers: list[int], devices: list[str] | None, table: Table) -> None:
     import torch
 
     from piccolo_embed.parallel import EmbedderLoader, EncoderPool
 
     loader = EmbedderLoader(model, name=model)
-    rows = []
     started = time.perf_counter()
     single = loader(devices[0] if devices else "cpu")
     startup = time.perf_counter() - started
-    rate = timed(lambda t: single.encode(t, role="passage"), texts)
-    rows.append(
-        {
-            "kind": "in-process",
-            "workers": 1,
-            "threads": torch.get_num_threads(),
-            "texts_per_s": rate,
-            "startup_s": startup,
-        }
-    )
+    rate = timed(functools.partial(single.encode, role="passage"), texts)
+    table.add("in-process", 1, torch.get_num_threads(), rate, startup)
+    del single  # on a box short of memory, the pools' models must not sit beside this one
     for n in workers:
         started = time.perf_counter()
         with EncoderPool(loader, devices[:n] if devices else ["cpu"] * n) as pool:
             startup = time.perf_counter() - started
             rate = timed(lambda t, p=pool: p.encode(t, role="passage"), texts)
-            rows.append(
-                {"kind": "processes", "workers": n, "threads": pool.threads, "texts_per_s": rate, "startup_s": startup}
-            )
-    return rows
+            table.add("processes", n, pool.threads, rate, startup)
 
 
-def run_ray(model: str, texts: list[str], actors: list[int], cpus: int) -> list[dict]:
-    import numpy as np
+def start_ray(cpus: int, attempts: int = 3) -> float:
+    """Seconds ``ray.init`` took; retried, since Ray gives its node a fixed 30 s to start (short on a busy box)."""
     import ray
 
+    started = time.perf_counter()
+    for attempt in range(attempts):
+        try:
+            # The rows are a few MB: a small object store leaves the memory to the actors' models.
+            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, object_store_memory=2**28)
+            break
+        except Exception:
+            ray.shutdown()
+            if attempt == attempts - 1:
+                raise
+    return time.perf_counter() - started
+
+
+def run_ray(model: str, corpus: Path, texts: int, actors: list[int], block: int, table: Table) -> None:
+    """One Ray Dataset per actor count; start-up is the wait for the first block, the rate is over the rest.
+
+    Actors live for one dataset, so each run pays actor start-up and model loading before its first block
+    (as a worker pool pays them in its constructor); the texts/s is measured from then to the last row.
+    """
     from piccolo_embed.parallel import EmbedderLoader
     from piccolo_embed.parallel.ray_encode import RayOptions, encoded_dataset, exactly_once
     from piccolo_embed.types import Role
 
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    cpus = os.cpu_count() or 1
     loader = EmbedderLoader(model, name=model)
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        corpus = Path(tmp) / "c.jsonl"
-        corpus.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), "utf-8")
-        for n in actors:
-            options = RayOptions(actors=n, cpus_per_actor=max(1, cpus // n), batch_rows=256, block_lines=1024)
-            started = time.perf_counter()
-            dataset = encoded_dataset(corpus, 0, Role.PASSAGE, loader, options)
-            got = [
-                b["vector"][k]
-                for b, k in exactly_once(dataset.iter_batches(batch_size=4096, batch_format="numpy"), "c")
-            ]
-            elapsed = time.perf_counter() - started
-            assert sum(len(g) for g in got) == len(texts) and np.isfinite(got[0]).all()
-            # Ray's time includes actor start-up and model loading (actors live for one dataset).
-            rows.append(
-                {
-                    "kind": "ray",
-                    "workers": n,
-                    "threads": options.cpus_per_actor,
-                    "texts_per_s": len(texts) / elapsed,
-                    "startup_s": None,
-                }
-            )
-    ray.shutdown()
-    return rows
+    for n in actors:
+        options = RayOptions(actors=n, cpus_per_actor=max(1, cpus // n), block_lines=block)
+        started = time.perf_counter()
+        dataset = encoded_dataset(corpus, 0, Role.PASSAGE, loader, options)
+        first_at, first_rows, rows = 0.0, 0, 0
+        for batch, keep in exactly_once(dataset.iter_batches(batch_size=None, batch_format="numpy"), "c"):
+            assert np.isfinite(batch["vector"][keep]).all()
+            rows += int(keep.sum())
+            if not first_at:
+                first_at, first_rows = time.perf_counter(), rows
+        assert rows == texts > first_rows
+        rate = (rows - first_rows) / (time.perf_counter() - first_at)
+        table.add("ray", n, int(options.cpus_per_actor), rate, first_at - started)
 
 
 def mine_memory(model: str, chars: list[str], passages: int, processes: int) -> dict:
@@ -146,9 +167,10 @@ def mine_memory(model: str, chars: list[str], passages: int, processes: int) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="starter", help="model spec, or 'tiny' for the test suite's random BERT")
-    parser.add_argument("--texts", type=int, default=2000)
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--texts", type=int, default=2000, help="corpus size (a few hundred for a short run)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker processes and Ray actors")
     parser.add_argument("--devices", nargs="+", default=None, help="e.g. cuda:0 cuda:1 (default: CPU workers)")
+    parser.add_argument("--block", type=int, default=64, help="texts per Ray actor call (block_lines)")
     parser.add_argument("--no-ray", action="store_true")
     parser.add_argument("--mine-memory", type=int, default=0, metavar="PASSAGES")
     args = parser.parse_args()
@@ -161,23 +183,15 @@ def main() -> None:
             print(json.dumps(mine_memory(model, chars, args.mine_memory, 2)))
             return
         texts = texts_for(args.texts, chars)
-        rows = run_local(model, texts, args.workers, args.devices)
+        print(f"model {args.model}, {len(texts)} texts, {os.cpu_count()} cores", flush=True)
+        table = Table()
+        run_local(model, texts, args.workers, args.devices, table)
         if not args.no_ray and not args.devices:
-            rows += run_ray(model, texts, args.workers, os.cpu_count() or 1)
-    for kind in ("processes", "ray"):
-        base = next((r["texts_per_s"] for r in rows if r["kind"] == kind and r["workers"] == 1), None)
-        for row in rows:
-            if row["kind"] == kind and base:
-                row["scaling"] = row["texts_per_s"] / base
-    print(f"model {args.model}, {len(texts)} texts, {os.cpu_count()} cores")
-    print(f"{'kind':<11} {'workers':>7} {'threads':>7} {'texts/s':>9} {'vs 1':>6} {'start s':>8}")
-    for row in rows:
-        start = f"{row['startup_s']:.1f}" if row["startup_s"] is not None else "-"
-        print(
-            f"{row['kind']:<11} {row['workers']:>7} {row['threads']:>7} {row['texts_per_s']:>9.1f} "
-            f"{row.get('scaling', 1.0):>6.2f} {start:>8}"
-        )
-    print(json.dumps(rows))
+            corpus = Path(tmp) / "c.jsonl"
+            corpus.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), "utf-8")
+            print(f"ray.init: {start_ray(os.cpu_count() or 1):.1f} s (once per run, not in the rows)", flush=True)
+            run_ray(model, corpus, len(texts), args.workers, args.block, table)
+    print(json.dumps(table.rows))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Encoding on Ray: block planning and parsing (no cluster), then 2 local actors against one process."""
 
+import functools
 import json
 import os
 import sys
@@ -12,6 +13,7 @@ from piccolo_embed.cli import build_parser
 from piccolo_embed.index import IndexStore, build_index, read_corpus
 from piccolo_embed.parallel import EmbedderLoader
 from piccolo_embed.parallel.ray_encode import (
+    EncodeActor,
     RayChunks,
     RayOptions,
     exactly_once,
@@ -67,6 +69,20 @@ def test_exactly_once_drops_repeats_and_refuses_gaps():
         list(exactly_once([{"row": np.array([0, 1])}, {"row": np.array([4])}], "c"))
 
 
+def test_actor_reads_and_encodes_its_blocks_without_ray(tiny_bert_dir, tmp_path):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"_id": "a", "title": "题", "text": "今天"}\n\n\n{"text": "明天"}\n', encoding="utf-8")
+    loader = EmbedderLoader(str(tiny_bert_dir), name="tiny")
+    actor = EncodeActor(loader, "passage", 1, "cpu", functools.partial(read_passages, path=str(corpus)))
+    plans = plan_blocks(corpus, 0, 2)  # the second block holds only a blank line and "明天"
+    columns = {key: np.array([plan[key] for plan in plans]) for key in plans[0]}
+    out = actor(columns)
+    assert out["row"].tolist() == [0, 1] and out["line"].tolist() == [1, 4] and out["id"].tolist() == ["a", ""]
+    np.testing.assert_allclose(out["vector"], loader("cpu").encode(["题 今天", "明天"], role="passage"), atol=1e-6)
+    blank = {key: np.array([value]) for key, value in plan_blocks(corpus, 1, 2)[0].items()}  # lines 2-3: blank
+    assert actor(blank)["vector"].shape == (0, out["vector"].shape[1])
+
+
 class DiesOnceLoader:
     """Loads the real model, but the first actor to encode a batch kills its own process (once per marker)."""
 
@@ -112,7 +128,7 @@ def test_ray_index_equals_one_process_even_when_an_actor_dies(local_ray, tiny_be
     loader = EmbedderLoader(str(tiny_bert_dir), name="tiny")
     encoder = loader("cpu")
     reference = build_index(encoder, corpus, tmp_path / "one", chunk_size=16)
-    options = RayOptions(actors=2, cpus_per_actor=0.5, batch_rows=8, block_lines=10, init_options={"num_cpus": 2})
+    options = RayOptions(actors=2, cpus_per_actor=0.5, block_lines=8, init_options={"num_cpus": 2})
     runs = {
         "ray": RayChunks(loader, options),
         "ray-killed": RayChunks(DiesOnceLoader(loader, str(tmp_path / "died")), options),

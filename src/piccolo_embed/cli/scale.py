@@ -23,7 +23,9 @@ def add_scale_arguments(parser: argparse.ArgumentParser, *, ray: bool = False) -
     group.add_argument(
         "--processes", type=int, default=None, metavar="N", help="N CPU worker processes (the threads are split)"
     )
-    group.add_argument("--shard-size", type=int, default=256, help="texts per worker task (default 256)")
+    group.add_argument(
+        "--shard-size", type=int, default=256, help="texts per worker task, or lines per Ray actor call (default 256)"
+    )
     if not ray:
         return
     group = parser.add_argument_group("a Ray cluster (needs the `ray` extra)")
@@ -60,7 +62,7 @@ def ray_parts(args: argparse.Namespace, name: str) -> tuple[EmbedderLoader, RayO
         actors=args.ray_actors,
         cpus_per_actor=args.ray_cpus_per_actor,
         gpus_per_actor=args.ray_gpus_per_actor,
-        batch_rows=args.shard_size,
+        block_lines=args.shard_size,
     )
     return EmbedderLoader(args.model, name=name, options=embedder_options(args)), options
 

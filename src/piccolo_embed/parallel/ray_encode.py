@@ -1,12 +1,14 @@
-"""Encode a corpus on a Ray cluster (optional extra ``ray``): a Ray Dataset read in blocks, one model per actor.
+"""Encode a corpus on a Ray cluster (optional extra ``ray``): a Ray Dataset of blocks, one model per actor.
 
-The driver scans the file once for line offsets (no parsing) and plans blocks of lines; read tasks on the
-cluster parse and validate their blocks (a bad line fails naming the file and line) and give every record its
-row number; an actor pool encodes them, one model loaded per actor, on a GPU or CPUs. Ray restarts an actor
-that dies and retries its batch, and the dataset keeps input order, so the driver receives rows in order and
-writes them with the same chunked, checkpointed code as a local build. Every row carries its number, and the
-driver checks that each arrives exactly once: a retried batch cannot duplicate a row, and a lost one is an
-error, not a silent gap.
+The driver scans the file once for line offsets (no parsing) and plans blocks of lines; each actor call reads,
+parses and validates one block (a bad line fails naming the file and line), gives every record its row number
+and adds the vectors. Reading happens inside the actor rather than in separate read tasks: parsing costs
+microseconds per line against milliseconds to encode it, and a read task that reserves a CPU of its own
+deadlocks a cluster whose CPUs the actors have all taken (the CLI's default 2 actors x 1 CPU on a 2-core
+machine, or one actor given every core). Ray restarts an actor that dies and retries its block, and the
+dataset keeps input order, so the driver receives rows in order and writes them with the same chunked,
+checkpointed code as a local build. Every row carries its number, and the driver checks that each arrives
+exactly once: a retried block cannot duplicate a row, and a lost one is an error, not a silent gap.
 
 Locally, ``ray.init()`` starts a single-machine cluster, so the same command runs on a laptop; an address
 (``ray://head:10001`` or ``auto``) joins an existing cluster, whose nodes must see the corpus at the same path.
@@ -14,8 +16,9 @@ Locally, ``ray.init()`` starts a single-machine cluster, so the same command run
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,9 @@ log = logging.getLogger(__name__)
 
 LOCAL = "local"
 
+# Parses one planned block (see plan_blocks) into records with "row", "line", "id", "text" and "title".
+Reader = Callable[[dict[str, Any]], list[dict[str, Any]]]
+
 
 @dataclass(frozen=True)
 class RayOptions:
@@ -39,10 +45,9 @@ class RayOptions:
     Attributes:
         address: ``local`` starts a cluster on this machine; otherwise passed to ``ray.init(address=...)``.
         actors: Encoder actors (models loaded at once).
-        cpus_per_actor: CPUs each actor reserves (its torch threads).
+        cpus_per_actor: CPUs each actor reserves (its torch threads: whole CPUs, at least one).
         gpus_per_actor: GPUs each actor reserves (1 for one model per GPU; 0 on CPU).
-        batch_rows: Texts per actor call.
-        block_lines: Corpus lines per read task.
+        block_lines: Corpus lines per actor call (the unit that is balanced, retried and kept in order).
         init_options: Extra ``ray.init`` keyword arguments (tests cap ``num_cpus``).
     """
 
@@ -50,8 +55,7 @@ class RayOptions:
     actors: int = 2
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
-    batch_rows: int = 256
-    block_lines: int = 4096
+    block_lines: int = 256
     init_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -145,21 +149,27 @@ def read_passages(block: dict[str, Any], path: str) -> list[dict[str, Any]]:
 
 
 class EncodeActor:
-    """Ray actor body: loads one model, then adds a ``vector`` column to each batch of records."""
+    """Ray actor body: loads one model, then reads, numbers and encodes each planned block it is given."""
 
-    def __init__(self, loader: EncoderLoader, role: str, threads: int, device: str) -> None:
+    def __init__(self, loader: EncoderLoader, role: str, threads: int, device: str, reader: Reader) -> None:
         import torch
 
         torch.set_num_threads(max(1, threads))
         self.encoder = loader(device)
         self.role = role
+        self.reader = reader
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Encode ``title text`` (or ``text``) of every record in the batch."""
-        pairs = zip(batch["title"], batch["text"], strict=True)
-        texts = [Passage(None, str(text), str(title)).embed_text for title, text in pairs]
-        vectors = np.asarray(self.encoder.encode(texts, role=self.role), dtype=np.float32)
-        return {**batch, "vector": vectors}
+    def __call__(self, plans: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The records of the planned blocks as columns, with a ``vector`` for ``title text`` (or ``text``)."""
+        keys = ("start", "end", "first_line", "first_row")
+        records = [r for i in range(len(plans["start"])) for r in self.reader({k: plans[k][i] for k in keys})]
+        texts = [Passage(None, r["text"], r["title"]).embed_text for r in records]
+        # A block of blank lines still returns (0, dim) vectors, so that blocks concatenate.
+        vectors = np.asarray(self.encoder.encode(texts or ["probe"], role=self.role), dtype=np.float32)
+        vectors = vectors[: len(texts)]
+        columns = {name: np.array([r[name] for r in records], dtype=object) for name in ("id", "text", "title")}
+        rows = {name: np.array([r[name] for r in records], dtype=np.int64) for name in ("row", "line")}
+        return {**rows, **columns, "vector": vectors}
 
 
 def encoded_dataset(
@@ -184,28 +194,25 @@ def encoded_dataset(
     if not blocks:
         return None
     if text_field is None:
-        reader, reader_kwargs = read_passages, {"path": str(path)}
+        reader = functools.partial(read_passages, path=str(path))
     else:
-        reader, reader_kwargs = read_texts, {"path": str(path), "field": None if is_txt else text_field}
+        reader = functools.partial(read_texts, path=str(path), field=None if is_txt else text_field)
     device = "cuda:0" if options.gpus_per_actor else "cpu"  # Ray gives each GPU actor its own visible device
-    return (
-        ray.data.from_items(blocks, override_num_blocks=len(blocks))
-        .flat_map(reader, fn_kwargs=reader_kwargs)
-        .map_batches(
-            EncodeActor,
-            fn_constructor_kwargs={
-                "loader": loader,
-                "role": role.value,
-                "threads": int(options.cpus_per_actor),
-                "device": device,
-            },
-            batch_size=options.batch_rows,
-            concurrency=options.actors,
-            num_cpus=options.cpus_per_actor,
-            num_gpus=options.gpus_per_actor,
-            max_restarts=-1,  # a dead actor is replaced ...
-            max_task_retries=-1,  # ... and its batch runs again on the replacement
-        )
+    # Ray Data's actor pools restart a dead actor and rerun its block on the replacement by default
+    # (max_restarts=-1, max_task_retries=-1); tests/parallel/test_parallel_ray.py kills one to prove it.
+    return ray.data.from_items(blocks, override_num_blocks=len(blocks)).map_batches(
+        EncodeActor,
+        fn_constructor_kwargs={
+            "loader": loader,
+            "role": role.value,
+            "threads": int(options.cpus_per_actor),
+            "device": device,
+            "reader": reader,
+        },
+        batch_size=1,  # one planned block per call
+        concurrency=options.actors,
+        num_cpus=options.cpus_per_actor,
+        num_gpus=options.gpus_per_actor,
     )
 
 
