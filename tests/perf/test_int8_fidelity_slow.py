@@ -66,11 +66,11 @@ def _cpu_has_vnni() -> bool:
     return any(flag in flags.split() for flag in ("avx512_vnni", "avx_vnni"))
 
 
-# The bar was set on a CPU with VNNI; without VNNI int8 moves scores further (docs/performance.md, int8 section).
-@pytest.mark.xfail(
+# The bar was set on a CPU with VNNI; without VNNI int8 moves scores further (docs/performance.md, int8 section),
+# so there the 80 s evaluation could only report a known miss: skip it rather than run a non-strict xfail.
+@pytest.mark.skipif(
     not _cpu_has_vnni(),
     reason="int8 moves scores past the bar on CPUs without VNNI (docs/performance.md)",
-    strict=False,
 )
 def test_int8_moves_cmteb_mini_scores_by_at_most_half_a_point(embedders):
     from piccolo_embed.evaluation import evaluate
