@@ -67,7 +67,7 @@ def _cpu_has_vnni() -> bool:
 
 
 # The bar was set on a CPU with VNNI; without VNNI int8 moves scores further (docs/performance.md, int8 section),
-# so there the 80 s evaluation could only report a known miss: skip it rather than run a non-strict xfail.
+# so there the evaluation could only report a known miss: skip it rather than run a non-strict xfail.
 @pytest.mark.skipif(
     not _cpu_has_vnni(),
     reason="int8 moves scores past the bar on CPUs without VNNI (docs/performance.md)",
